@@ -3,3 +3,31 @@
 //!
 //! Owns: everything about *when* work runs and which thread runs it.
 //! Must not depend on: any other Hangar crate, KVM, guest memory or devices.
+//!
+//! The shape follows QEMU's `AioContext`: one context is shared as
+//! `Arc<AioContext>`; an [`IoThread`] runs its loop, and any other thread may run a
+//! nested blocking [`AioContext::poll`] on it while holding the context lock. The
+//! wake-up protocol that keeps both pollers from sleeping through pending work is
+//! described (with its proof) in `docs/event-loop.md`.
+
+mod bh;
+mod context;
+mod error;
+#[cfg(feature = "fault-knobs")]
+mod fault;
+mod fd;
+mod iothread;
+mod lock;
+pub mod notify;
+mod pool;
+mod timer;
+mod trace;
+
+pub use bh::BottomHalf;
+pub use context::{AioContext, ContextGuard, FdHandler};
+pub use error::Error;
+#[cfg(feature = "fault-knobs")]
+pub use fault::Fault;
+pub use iothread::IoThread;
+pub use pool::{JobHandle, ThreadPool};
+pub use timer::{now_ns, Timer};

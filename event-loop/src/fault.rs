@@ -1,0 +1,13 @@
+//! Test-only fault knobs (feature `fault-knobs`) recreating known protocol bugs.
+
+/// A known way the wake-up protocol failed in the field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// (a) `notify` skips the eventfd write while some thread is dispatching.
+    SkipNotifyWhileDispatching,
+    /// (b) a nested poll clears the notifier eventfd that was meant for another poller.
+    NestedPollClearsNotifier,
+    /// (c) the full fences between "announce sleeper"/"check work" and
+    /// "make pending"/"read sleepers" are weakened to release/acquire.
+    NoFullFence,
+}

@@ -1,0 +1,1 @@
+//! Fd handlers on epoll.

@@ -1,0 +1,1 @@
+//! The wake-up protocol core, generic over its atomics so that loom can check it.
