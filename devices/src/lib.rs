@@ -4,3 +4,6 @@
 //! Owns: device register models and their state machines.
 //! Must not depend on: vmm or KVM ioctls (the VMM hands devices eventfds and guest
 //! memory), and never opens image files itself (that is `block`'s job).
+
+pub mod irq;
+pub mod mmio;
