@@ -29,7 +29,10 @@ impl RecordingIrqLine {
 
     /// Every level set so far, oldest first.
     pub fn levels(&self) -> Vec<bool> {
-        self.levels.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.levels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The last level set, or `false` (low) if never driven.

@@ -7,3 +7,4 @@
 
 pub mod irq;
 pub mod mmio;
+pub mod pflash;

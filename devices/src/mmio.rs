@@ -61,7 +61,7 @@ impl RateLimitedWarn {
     pub fn should_log(&self) -> bool {
         // Relaxed: the counter orders nothing else, it only thins the log.
         let seen = self.count.fetch_add(1, Ordering::Relaxed);
-        seen < 10 || seen % 1024 == 0
+        seen < 10 || seen & 1023 == 0
     }
 
     /// How many occurrences have been recorded (logged or not).
@@ -87,7 +87,10 @@ mod tests {
     #[test]
     fn le_value_accepts_only_natural_widths() {
         assert_eq!(le_value(&[0x34, 0x12]), Some(0x1234));
-        assert_eq!(le_value(&[1, 0, 0, 0, 0, 0, 0, 0x80]), Some(0x8000_0000_0000_0001));
+        assert_eq!(
+            le_value(&[1, 0, 0, 0, 0, 0, 0, 0x80]),
+            Some(0x8000_0000_0000_0001)
+        );
         assert_eq!(le_value(&[1, 2, 3]), None);
         assert_eq!(le_value(&[]), None);
     }
