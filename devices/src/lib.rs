@@ -8,3 +8,4 @@
 pub mod irq;
 pub mod mmio;
 pub mod pflash;
+pub mod virtio;

@@ -1,0 +1,3 @@
+//! Virtio devices: the virtio-mmio transport and virtio-scsi.
+
+pub mod scsi;

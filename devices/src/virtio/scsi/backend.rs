@@ -1,0 +1,84 @@
+//! The disk I/O interface the SCSI emulation needs ([`ScsiBackend`]), so the
+//! command set does not depend on how images are opened or which engine serves
+//! them. `block_backend.rs` implements it for `block::BlockBackend`; tests use
+//! `MemBackend` (feature `test-utils`).
+//!
+//! Contract: requests complete by calling their [`IoCompletion`] exactly once, on
+//! the thread that dispatches the device's `AioContext` (the iothread, or a
+//! nested poller) — possibly even before `submit` returns.
+
+use std::fmt;
+
+/// One host buffer of a scatter-gather list: a window into guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostBuf {
+    pub ptr: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: a `HostBuf` is a plain address range into guest memory that the device
+// keeps mapped (it holds a `GuestMemoryMmap` clone) until the request completes;
+// sending the address to another thread does not by itself access it.
+unsafe impl Send for HostBuf {}
+
+/// A disk request with byte offsets. Lengths are multiples of the block size.
+#[derive(Debug)]
+pub enum BackendRequest {
+    /// Read into the buffers, in order, from `offset`.
+    Read { offset: u64, bufs: Vec<HostBuf> },
+    /// Write the buffers, in order, at `offset`; `fua`: durable before completion.
+    Write {
+        offset: u64,
+        bufs: Vec<HostBuf>,
+        fua: bool,
+    },
+    /// Make every completed write durable.
+    Flush,
+    /// Deallocate a range (reads may then return anything; we advertise LBPRZ=0).
+    Discard { offset: u64, len: u64 },
+    /// Write zeroes to a range; `unmap`: deallocating is allowed.
+    WriteZeroes { offset: u64, len: u64, unmap: bool },
+}
+
+/// Why a backend request failed. Reaches the guest as MEDIUM ERROR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendError {
+    /// The errno, when the failure came from the host kernel.
+    pub errno: Option<i32>,
+    pub message: String,
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.errno {
+            Some(errno) => write!(f, "{} (errno {errno})", self.message),
+            None => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+/// Called once with the number of bytes transferred, or the error.
+pub type IoCompletion = Box<dyn FnOnce(Result<usize, BackendError>) + Send>;
+
+/// A disk image as the SCSI emulation sees it.
+pub trait ScsiBackend: Send + Sync {
+    /// Image size in bytes.
+    fn size_bytes(&self) -> u64;
+    /// Logical block size reported to the guest.
+    fn block_size(&self) -> u32 {
+        512
+    }
+    /// Writes are refused with DATA PROTECT.
+    fn read_only(&self) -> bool;
+    /// UNMAP and WRITE SAME with UNMAP reach the image as discards.
+    fn discard(&self) -> bool;
+    /// Starts `request`; `done` runs once on the context's dispatching thread.
+    ///
+    /// # Safety
+    ///
+    /// Every [`HostBuf`] in `request` must stay valid for reads and writes of its
+    /// whole length, and not be accessed by anyone else, until `done` has run.
+    unsafe fn submit(&self, request: BackendRequest, done: IoCompletion);
+}

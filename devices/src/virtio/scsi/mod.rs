@@ -1,0 +1,11 @@
+//! virtio-scsi: the controller (`device.rs`), its request and control-queue
+//! parsing (`request.rs`), and the SCSI disk emulation split by concern — CDB
+//! decoding (`cdb.rs`), the command set (`commands.rs`), sense data (`sense.rs`),
+//! per-LUN state (`disk.rs`) and the I/O interface (`backend.rs`).
+
+pub mod backend;
+pub mod cdb;
+pub mod commands;
+pub mod constants;
+pub mod disk;
+pub mod sense;
