@@ -1,0 +1,360 @@
+//! `BlockBackend`: an open image with its engine, serving async requests on one
+//! context.
+//!
+//! Every request goes: checks (read-only, bounds, O_DIRECT alignment, segment
+//! count) -> fault injection (if attached) -> bounce buffer (O_DIRECT with unaligned
+//! segments) -> engine. A request refused by a check never reaches the file; its
+//! callback still runs on the context, later, never inside the submitting call.
+//!
+//! Callbacks run on the backend's context with the context lock held, on whichever
+//! thread polls it (the iothread, or a thread in a nested poll).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use event_loop::{AioContext, BottomHalf};
+
+use crate::blkdebug::{FaultInjector, Verdict};
+use crate::bounce::BounceBuffer;
+use crate::engine::io_uring::UringEngine;
+use crate::engine::threads::ThreadsEngine;
+use crate::engine::{Completion, Engine, Request};
+use crate::iovec::{total_len, MAX_SEGMENTS};
+use crate::options::{AioMode, BlockOptions, DiscardMode};
+use crate::raw::RawFile;
+use crate::{BlockError, IoVec, Op};
+
+/// How a write reaches stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Done when the data is in the file (host page cache with cache=writeback);
+    /// durable after the next flush.
+    Normal,
+    /// Force unit access: done only when the data is on stable storage (RWF_DSYNC).
+    Fua,
+}
+
+/// What write-zeroes may do with the range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ZeroMode {
+    /// Keep the range allocated (fallocate ZERO_RANGE, or written zeroes).
+    Allocate,
+    /// Punch a hole if `discard=unmap`; otherwise same as `Allocate`.
+    MayUnmap,
+}
+
+/// The result type of every request: bytes transferred (0 for flush).
+pub type IoResult = Result<usize, BlockError>;
+
+/// Runs callbacks of requests refused before reaching the engine, on the context.
+struct Deferred {
+    queue: Arc<Mutex<Vec<(Completion, IoResult)>>>,
+    bh: BottomHalf,
+}
+
+impl Deferred {
+    fn new(ctx: &Arc<AioContext>) -> Deferred {
+        let queue: Arc<Mutex<Vec<(Completion, IoResult)>>> = Arc::default();
+        let bh_queue = Arc::clone(&queue);
+        let bh = ctx.new_bh("block-deferred-completions", move || {
+            let ready = std::mem::take(&mut *bh_queue.lock().unwrap());
+            for (done, result) in ready {
+                done(result);
+            }
+        });
+        Deferred { queue, bh }
+    }
+
+    fn complete(&self, done: Completion, result: IoResult) {
+        self.queue.lock().unwrap().push((done, result));
+        self.bh.schedule();
+    }
+}
+
+/// An open image serving requests on one context. `Send + Sync`; share it as
+/// `Arc<BlockBackend>` between the device on the iothread and synchronous users.
+pub struct BlockBackend {
+    // Field order is drop order: engine before file.
+    engine: Arc<dyn Engine>,
+    deferred: Deferred,
+    faults: Option<Arc<FaultInjector>>,
+    in_flight: Arc<AtomicUsize>,
+    file: Arc<RawFile>,
+    options: BlockOptions,
+    ctx: Arc<AioContext>,
+}
+
+impl BlockBackend {
+    /// Opens `path` with `options`; completions will run on `ctx`.
+    pub fn open(
+        path: impl AsRef<Path>,
+        options: &BlockOptions,
+        ctx: Arc<AioContext>,
+    ) -> Result<BlockBackend, BlockError> {
+        Self::open_inner(path.as_ref(), options, ctx, None)
+    }
+
+    /// Like [`BlockBackend::open`], with requests passing through `faults` first.
+    pub fn open_with_faults(
+        path: impl AsRef<Path>,
+        options: &BlockOptions,
+        ctx: Arc<AioContext>,
+        faults: Arc<FaultInjector>,
+    ) -> Result<BlockBackend, BlockError> {
+        Self::open_inner(path.as_ref(), options, ctx, Some(faults))
+    }
+
+    fn open_inner(
+        path: &Path,
+        options: &BlockOptions,
+        ctx: Arc<AioContext>,
+        faults: Option<Arc<FaultInjector>>,
+    ) -> Result<BlockBackend, BlockError> {
+        let file = Arc::new(RawFile::open(path, options)?);
+        let engine: Arc<dyn Engine> = match options.aio {
+            AioMode::Threads => Arc::new(ThreadsEngine::new(Arc::clone(&ctx), Arc::clone(&file))),
+            AioMode::IoUring => Arc::new(UringEngine::new(Arc::clone(&ctx), Arc::clone(&file))?),
+        };
+        Ok(BlockBackend {
+            engine,
+            deferred: Deferred::new(&ctx),
+            faults,
+            in_flight: Arc::default(),
+            file,
+            options: *options,
+            ctx,
+        })
+    }
+
+    /// The context completions run on.
+    pub fn context(&self) -> &Arc<AioContext> {
+        &self.ctx
+    }
+    /// The options the image was opened with.
+    pub fn options(&self) -> &BlockOptions {
+        &self.options
+    }
+    /// The image path.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+    /// Image size in bytes.
+    pub fn size(&self) -> u64 {
+        self.file.size()
+    }
+    /// Logical block size to advertise (512, or the O_DIRECT alignment if larger).
+    pub fn logical_block_size(&self) -> u32 {
+        self.file.logical_block_size()
+    }
+    /// Physical block size to advertise (at least the logical one).
+    pub fn physical_block_size(&self) -> u32 {
+        self.file.physical_block_size()
+    }
+    /// Offsets and lengths must be multiples of this (1 unless cache=none).
+    pub fn request_alignment(&self) -> u64 {
+        self.file.request_align()
+    }
+    /// Whether discards punch holes (discard=unmap and the file system can).
+    pub fn supports_discard(&self) -> bool {
+        self.options.discard == DiscardMode::Unmap && self.file.discard_supported()
+    }
+    /// Whether modifying requests are refused.
+    pub fn is_readonly(&self) -> bool {
+        self.options.readonly
+    }
+    /// Requests submitted whose callback has not run yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Reads `total_len(iov)` bytes at `offset` into `iov`; `done` runs on the context.
+    pub fn aio_readv(
+        &self,
+        offset: u64,
+        iov: Vec<IoVec>,
+        done: impl FnOnce(IoResult) + Send + 'static,
+    ) {
+        self.submit(Request::Read { offset, iov }, Box::new(done));
+    }
+
+    /// Writes `iov` at `offset`; `done` runs on the context once the data is in the
+    /// file (on stable storage with [`WriteMode::Fua`]).
+    pub fn aio_writev(
+        &self,
+        offset: u64,
+        iov: Vec<IoVec>,
+        mode: WriteMode,
+        done: impl FnOnce(IoResult) + Send + 'static,
+    ) {
+        let fua = mode == WriteMode::Fua;
+        self.submit(Request::Write { offset, iov, fua }, Box::new(done));
+    }
+
+    /// Flushes completed writes to stable storage (fdatasync).
+    pub fn aio_flush(&self, done: impl FnOnce(IoResult) + Send + 'static) {
+        self.submit(Request::Flush, Box::new(done));
+    }
+
+    /// Discards `len` bytes at `offset` (a hole with discard=unmap; ignored otherwise).
+    pub fn aio_discard(&self, offset: u64, len: u64, done: impl FnOnce(IoResult) + Send + 'static) {
+        self.submit(Request::Discard { offset, len }, Box::new(done));
+    }
+
+    /// Makes `len` bytes at `offset` read as zeroes.
+    pub fn aio_write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        mode: ZeroMode,
+        done: impl FnOnce(IoResult) + Send + 'static,
+    ) {
+        let unmap = mode == ZeroMode::MayUnmap && self.supports_discard();
+        self.submit(Request::WriteZeroes { offset, len, unmap }, Box::new(done));
+    }
+
+    /// Checks a request; `Err` means it must not reach the file.
+    fn check(&self, req: &Request) -> Result<(), BlockError> {
+        let op = req.op();
+        if self.options.readonly && op != Op::Read && op != Op::Flush {
+            return Err(BlockError::ReadOnly { op });
+        }
+        if op == Op::Flush {
+            return Ok(());
+        }
+        let (offset, len) = (req.offset(), req.len());
+        let size = self.size();
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(BlockError::OutOfRange {
+                op,
+                offset,
+                len,
+                size,
+            });
+        }
+        let align = self.file.request_align();
+        if op != Op::Discard && (offset % align != 0 || len % align != 0) {
+            return Err(BlockError::Misaligned {
+                op,
+                offset,
+                len,
+                align,
+            });
+        }
+        if let Request::Read { iov, .. } | Request::Write { iov, .. } = req {
+            if iov.len() > MAX_SEGMENTS {
+                return Err(BlockError::TooManySegments {
+                    op,
+                    count: iov.len(),
+                    max: MAX_SEGMENTS,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn submit(&self, req: Request, done: Completion) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let in_flight = Arc::clone(&self.in_flight);
+        let done: Completion = Box::new(move |result| {
+            in_flight.fetch_sub(1, Ordering::AcqRel);
+            done(result);
+        });
+        if let Err(err) = self.check(&req) {
+            log::trace!("refused {:?}: {err}", req.op());
+            return self.deferred.complete(done, Err(err));
+        }
+        let trivially_done = match &req {
+            Request::Read { .. } | Request::Write { .. } => req.len() == 0,
+            Request::Discard { .. } => !self.supports_discard() || req.len() == 0,
+            Request::WriteZeroes { len, .. } => *len == 0,
+            Request::Flush => false,
+        };
+        if trivially_done {
+            let len = req.len() as usize;
+            return self.deferred.complete(done, Ok(len));
+        }
+        let delay = match self
+            .faults
+            .as_ref()
+            .map(|f| f.check(req.op(), req.offset(), req.len()))
+        {
+            None | Some(Verdict::Pass) => None,
+            Some(Verdict::Fail(err)) => return self.deferred.complete(done, Err(err)),
+            Some(Verdict::Delay(d)) => Some(d),
+        };
+        let (req, done) = self.bounce_if_needed(req, done);
+        match delay {
+            None => self.engine.submit(req, done),
+            Some(delay) => {
+                let engine = Arc::clone(&self.engine);
+                let _job = self.ctx.thread_pool().submit(
+                    move || std::thread::sleep(delay),
+                    move |()| engine.submit(req, done),
+                );
+            }
+        }
+    }
+
+    /// With O_DIRECT, swaps unaligned segments for one aligned bounce buffer (copied
+    /// in before a write, copied out after a read, freed after the callback).
+    fn bounce_if_needed(&self, req: Request, done: Completion) -> (Request, Completion) {
+        let align = self.file.mem_align();
+        if !self.file.is_direct() {
+            return (req, done);
+        }
+        match req {
+            Request::Read { offset, iov } if !iov.iter().all(|v| v.is_aligned(align)) => {
+                let len = total_len(&iov) as usize;
+                let bounce = BounceBuffer::new(len, align);
+                let inner = vec![bounce.iovec(len)];
+                let done: Completion = Box::new(move |result| {
+                    if let Ok(n) = result {
+                        bounce.scatter(&iov, n);
+                    }
+                    drop(bounce);
+                    done(result);
+                });
+                (Request::Read { offset, iov: inner }, done)
+            }
+            Request::Write { offset, iov, fua } if !iov.iter().all(|v| v.is_aligned(align)) => {
+                let len = total_len(&iov) as usize;
+                let mut bounce = BounceBuffer::new(len, align);
+                bounce.gather(&iov);
+                let inner = vec![bounce.iovec(len)];
+                let done: Completion = Box::new(move |result| {
+                    drop(bounce);
+                    done(result);
+                });
+                (
+                    Request::Write {
+                        offset,
+                        iov: inner,
+                        fua,
+                    },
+                    done,
+                )
+            }
+            req => (req, done),
+        }
+    }
+
+    /// Runs completions already available without entering the event loop (io_uring
+    /// only). Caller holds the context lock.
+    pub(crate) fn reap(&self) {
+        self.engine.reap();
+    }
+}
+
+impl Drop for BlockBackend {
+    /// Waits for requests in flight: their buffers and callbacks must not outlive
+    /// the engine.
+    fn drop(&mut self) {
+        if self.in_flight() > 0 {
+            let _guard = self.ctx.acquire();
+            let in_flight = Arc::clone(&self.in_flight);
+            self.ctx
+                .poll_while(|| in_flight.load(Ordering::Acquire) > 0);
+        }
+    }
+}

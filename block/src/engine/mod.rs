@@ -1,0 +1,129 @@
+//! I/O engines: who performs a validated request on the file and how its completion
+//! gets back to the context.
+//!
+//! Engines see only requests that already passed the backend's checks (bounds,
+//! alignment, read-only), with segments already bounced if O_DIRECT needed it. Each
+//! completion callback runs on the backend's context with the context lock held.
+
+pub(crate) mod io_uring;
+pub(crate) mod threads;
+
+use crate::{BlockError, IoVec, Op};
+
+/// A request as an engine sees it.
+#[derive(Debug)]
+pub(crate) enum Request {
+    Read {
+        offset: u64,
+        iov: Vec<IoVec>,
+    },
+    Write {
+        offset: u64,
+        iov: Vec<IoVec>,
+        fua: bool,
+    },
+    Flush,
+    Discard {
+        offset: u64,
+        len: u64,
+    },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    },
+}
+
+impl Request {
+    pub(crate) fn op(&self) -> Op {
+        match self {
+            Request::Read { .. } => Op::Read,
+            Request::Write { .. } => Op::Write,
+            Request::Flush => Op::Flush,
+            Request::Discard { .. } => Op::Discard,
+            Request::WriteZeroes { .. } => Op::WriteZeroes,
+        }
+    }
+
+    pub(crate) fn offset(&self) -> u64 {
+        match self {
+            Request::Read { offset, .. }
+            | Request::Write { offset, .. }
+            | Request::Discard { offset, .. }
+            | Request::WriteZeroes { offset, .. } => *offset,
+            Request::Flush => 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        match self {
+            Request::Read { iov, .. } | Request::Write { iov, .. } => crate::iovec::total_len(iov),
+            Request::Discard { len, .. } | Request::WriteZeroes { len, .. } => *len,
+            Request::Flush => 0,
+        }
+    }
+}
+
+/// What runs when a request finishes: on the context, with its lock held.
+pub(crate) type Completion = Box<dyn FnOnce(Result<usize, BlockError>) + Send>;
+
+/// An I/O engine.
+pub(crate) trait Engine: Send + Sync {
+    /// Starts `req`; `done` later runs on the context. Any thread.
+    fn submit(&self, req: Request, done: Completion);
+
+    /// Runs the completions that are already available, on this thread. Caller holds
+    /// the context lock. Engines whose completions only arrive through the context
+    /// (the thread pool) have nothing to do here.
+    fn reap(&self) {}
+}
+
+/// Moves the cursor `(vecs, first)` forward by `n` transferred bytes, trimming the
+/// segment that was partly done.
+pub(crate) fn advance(vecs: &mut [libc::iovec], first: &mut usize, mut n: usize) {
+    while n > 0 && *first < vecs.len() {
+        let v = &mut vecs[*first];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            *first += 1;
+        } else {
+            // SAFETY: `n < iov_len`, so the new base stays inside the same segment.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
+    while *first < vecs.len() && vecs[*first].iov_len == 0 {
+        *first += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_trims_partial_segments_and_skips_done_ones() {
+        let mut a = [0u8; 10];
+        let mut b = [0u8; 20];
+        let mut vecs = vec![
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 10,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 20,
+            },
+        ];
+        let mut first = 0;
+        advance(&mut vecs, &mut first, 4);
+        assert_eq!((first, vecs[0].iov_len), (0, 6));
+        advance(&mut vecs, &mut first, 10);
+        assert_eq!(first, 1);
+        assert_eq!(vecs[1].iov_len, 16);
+        assert_eq!(vecs[1].iov_base as usize, b.as_ptr() as usize + 4);
+        advance(&mut vecs, &mut first, 16);
+        assert_eq!(first, 2);
+    }
+}

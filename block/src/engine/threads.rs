@@ -1,0 +1,170 @@
+//! `aio=threads`: each request is a blocking syscall on the context's worker pool;
+//! the pool runs the completion on the context. Also the executor io_uring falls
+//! back to for discard and write-zeroes.
+
+use std::os::unix::io::RawFd;
+use std::sync::Arc;
+
+use event_loop::AioContext;
+
+use super::{advance, Completion, Engine, Request};
+use crate::bounce::BounceBuffer;
+use crate::iovec::MAX_SEGMENTS;
+use crate::raw::RawFile;
+use crate::{BlockError, Op};
+
+/// The thread-pool engine.
+pub(crate) struct ThreadsEngine {
+    ctx: Arc<AioContext>,
+    file: Arc<RawFile>,
+}
+
+impl ThreadsEngine {
+    pub(crate) fn new(ctx: Arc<AioContext>, file: Arc<RawFile>) -> ThreadsEngine {
+        ThreadsEngine { ctx, file }
+    }
+}
+
+impl Engine for ThreadsEngine {
+    fn submit(&self, req: Request, done: Completion) {
+        let file = Arc::clone(&self.file);
+        let _job = self
+            .ctx
+            .thread_pool()
+            .submit(move || execute(&file, &req), done);
+    }
+}
+
+/// Performs `req` with blocking syscalls on this thread.
+pub(crate) fn execute(file: &RawFile, req: &Request) -> Result<usize, BlockError> {
+    let fd = file.fd();
+    match req {
+        Request::Read { offset, iov } => transfer(fd, *offset, iov_vec(iov), Op::Read, 0),
+        Request::Write { offset, iov, fua } => {
+            let flags = if *fua { libc::RWF_DSYNC } else { 0 };
+            transfer(fd, *offset, iov_vec(iov), Op::Write, flags)
+        }
+        Request::Flush => {
+            // SAFETY: fdatasync on an fd the RawFile keeps open.
+            let ret = unsafe { libc::fdatasync(fd) };
+            if ret < 0 {
+                return Err(BlockError::from_io(
+                    Op::Flush,
+                    0,
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            Ok(0)
+        }
+        Request::Discard { offset, len } => {
+            match fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                *offset,
+                *len,
+            ) {
+                // Discard is advisory: a file system without holes just keeps the data.
+                Ok(()) | Err(libc::EOPNOTSUPP) => Ok(*len as usize),
+                Err(errno) => Err(BlockError::from_errno(Op::Discard, *offset, errno)),
+            }
+        }
+        Request::WriteZeroes { offset, len, unmap } => {
+            let mode = if *unmap {
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+            } else {
+                libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+            };
+            match fallocate(fd, mode, *offset, *len) {
+                Ok(()) => Ok(*len as usize),
+                Err(libc::EOPNOTSUPP) | Err(libc::EINVAL) => {
+                    write_zero_buffers(file, *offset, *len)
+                }
+                Err(errno) => Err(BlockError::from_errno(Op::WriteZeroes, *offset, errno)),
+            }
+        }
+    }
+}
+
+fn iov_vec(iov: &[crate::IoVec]) -> Vec<libc::iovec> {
+    iov.iter().map(|v| v.to_libc()).collect()
+}
+
+fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
+    if len == 0 {
+        return Ok(());
+    }
+    loop {
+        // SAFETY: fallocate on an open fd; no memory is passed.
+        let ret = unsafe { libc::fallocate(fd, mode, offset as libc::off_t, len as libc::off_t) };
+        if ret == 0 {
+            return Ok(());
+        }
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return Err(errno);
+        }
+    }
+}
+
+/// Write-zeroes where the file system cannot zero a range: write zero buffers
+/// (aligned, so O_DIRECT accepts them).
+fn write_zero_buffers(file: &RawFile, offset: u64, len: u64) -> Result<usize, BlockError> {
+    const CHUNK: usize = 1 << 20;
+    let zeroes = BounceBuffer::new(CHUNK, 4096);
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(CHUNK as u64) as usize;
+        let vecs = vec![zeroes.iovec(n).to_libc()];
+        transfer(file.fd(), offset + done, vecs, Op::WriteZeroes, 0)?;
+        done += n as u64;
+    }
+    Ok(len as usize)
+}
+
+/// preadv2/pwritev2 until every byte moved, resuming after short transfers.
+fn transfer(
+    fd: RawFd,
+    offset: u64,
+    mut vecs: Vec<libc::iovec>,
+    op: Op,
+    flags: i32,
+) -> Result<usize, BlockError> {
+    let total: usize = vecs.iter().map(|v| v.iov_len).sum();
+    let mut first = 0;
+    let mut done = 0usize;
+    while done < total {
+        let count = (vecs.len() - first).min(MAX_SEGMENTS) as libc::c_int;
+        let at = (offset + done as u64) as libc::off_t;
+        let ret = if op == Op::Read {
+            // SAFETY: the segments are valid for writes until completion (IoVec's
+            // contract); `first..first+count` lies inside `vecs`.
+            unsafe { libc::preadv2(fd, vecs[first..].as_ptr(), count, at, flags) }
+        } else {
+            // SAFETY: the segments are valid for reads until completion (IoVec's
+            // contract); `first..first+count` lies inside `vecs`.
+            unsafe { libc::pwritev2(fd, vecs[first..].as_ptr(), count, at, flags) }
+        };
+        if ret < 0 {
+            let errno = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO);
+            if errno == libc::EINTR || errno == libc::EAGAIN {
+                continue;
+            }
+            return Err(BlockError::from_errno(op, offset + done as u64, errno));
+        }
+        if ret == 0 {
+            return Err(match op {
+                Op::Read => BlockError::UnexpectedEof {
+                    offset: offset + done as u64,
+                },
+                _ => BlockError::from_errno(op, offset + done as u64, libc::EIO),
+            });
+        }
+        done += ret as usize;
+        advance(&mut vecs, &mut first, ret as usize);
+    }
+    Ok(total)
+}

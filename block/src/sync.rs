@@ -1,0 +1,103 @@
+//! Synchronous helpers: submit the async request, then run nested blocking polls on
+//! the backend's context until it completes.
+//!
+//! Callable from any thread; they take the (recursive) context lock for the whole
+//! wait, so a caller that already holds it (a vCPU in a device handler, a callback on
+//! the context) may call them too. This is the path of the original hang: the
+//! iothread may be asleep in its own poll of the same context while this thread
+//! polls it, and the pool completes requests from a third thread.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::backend::{IoResult, WriteMode, ZeroMode};
+use crate::{BlockBackend, BlockError, IoVec};
+
+/// Aborts the process if a synchronous wait unwinds while its request still runs:
+/// the kernel or a worker could otherwise write into a freed stack buffer.
+struct InFlightGuard<'a>(&'a AtomicBool);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if !self.0.load(Ordering::Acquire) {
+            eprintln!("block: synchronous request abandoned while in flight; aborting");
+            std::process::abort();
+        }
+    }
+}
+
+struct Slot {
+    done: AtomicBool,
+    result: Mutex<Option<IoResult>>,
+}
+
+impl BlockBackend {
+    /// Submits through `start` and waits for the completion in nested polls.
+    fn run_sync(&self, start: impl FnOnce(Box<dyn FnOnce(IoResult) + Send>)) -> IoResult {
+        let ctx = Arc::clone(self.context());
+        let _lock = ctx.acquire();
+        let slot = Arc::new(Slot {
+            done: AtomicBool::new(false),
+            result: Mutex::new(None),
+        });
+        let writer = Arc::clone(&slot);
+        start(Box::new(move |result| {
+            *writer.result.lock().unwrap() = Some(result);
+            writer.done.store(true, Ordering::Release);
+        }));
+        let guard = InFlightGuard(&slot.done);
+        // Completions that are already there (io_uring finishing inline) need no
+        // trip through the event loop.
+        self.reap();
+        ctx.poll_while(|| !slot.done.load(Ordering::Acquire));
+        drop(guard);
+        let result = slot.result.lock().unwrap().take();
+        result.expect("completion stored before done was set")
+    }
+
+    /// Reads `buf.len()` bytes at `offset`.
+    pub fn pread(&self, offset: u64, buf: &mut [u8]) -> IoResult {
+        // SAFETY: `buf` outlives the request: run_sync returns only after the
+        // completion ran (or aborts the process).
+        let iov = unsafe { IoVec::new(buf.as_mut_ptr(), buf.len()) };
+        self.run_sync(|done| self.aio_readv(offset, vec![iov], done))
+    }
+
+    /// Writes `buf` at `offset`; returns when the data is in the file.
+    pub fn pwrite(&self, offset: u64, buf: &[u8]) -> IoResult {
+        self.pwrite_mode(offset, buf, WriteMode::Normal)
+    }
+
+    /// Writes `buf` at `offset`; returns when the data is on stable storage.
+    pub fn pwrite_fua(&self, offset: u64, buf: &[u8]) -> IoResult {
+        self.pwrite_mode(offset, buf, WriteMode::Fua)
+    }
+
+    fn pwrite_mode(&self, offset: u64, buf: &[u8], mode: WriteMode) -> IoResult {
+        // SAFETY: as in `pread`; the memory is only read by a write.
+        let iov = unsafe { IoVec::new(buf.as_ptr().cast_mut(), buf.len()) };
+        self.run_sync(|done| self.aio_writev(offset, vec![iov], mode, done))
+    }
+
+    /// Flushes completed writes to stable storage.
+    pub fn flush(&self) -> Result<(), BlockError> {
+        self.run_sync(|done| self.aio_flush(done)).map(|_| ())
+    }
+
+    /// Discards a range and waits.
+    pub fn discard(&self, offset: u64, len: u64) -> IoResult {
+        self.run_sync(|done| self.aio_discard(offset, len, done))
+    }
+
+    /// Zeroes a range and waits.
+    pub fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> IoResult {
+        self.run_sync(|done| self.aio_write_zeroes(offset, len, mode, done))
+    }
+
+    /// Waits in nested polls until no request of this backend is in flight.
+    pub fn drain(&self) {
+        let ctx = Arc::clone(self.context());
+        let _lock = ctx.acquire();
+        ctx.poll_while(|| self.in_flight() > 0);
+    }
+}
