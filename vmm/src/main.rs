@@ -1,1 +1,21 @@
-fn main() {}
+use std::process::ExitCode;
+
+use clap::Parser;
+use vmm::cli::{format_error_chain, init_logging, Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match cli.command {
+        Command::Selftest => match vmm::selftest::run() {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("hangar: selftest: {}", format_error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

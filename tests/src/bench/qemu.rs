@@ -1,0 +1,218 @@
+//! Booting the nested aarch64 machine under qemu-system-aarch64 and watching its
+//! console: the log goes to a file as it arrives, markers become a verdict, and a
+//! hard timeout kills the emulator rather than letting a hang stall CI.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use super::markers::{self, Marker, Outcome, Verdict};
+use super::{progress, Bench, BenchError};
+
+/// Memory of the nested machine: the initramfs (two 64 MiB firmware images,
+/// a kernel) plus an inner guest of up to 1 GiB.
+fn memory() -> String {
+    std::env::var("HANGAR_BENCH_MEMORY").unwrap_or_else(|_| "2G".to_string())
+}
+
+fn base_command(bench: &Bench, scenario: &str) -> Command {
+    let mut qemu = Command::new("qemu-system-aarch64");
+    qemu.args([
+        "-M",
+        "virt,virtualization=on,gic-version=3",
+        // pauth-impdef: the default QARMA5 pointer authentication is slow to emulate.
+        "-cpu",
+        "max,pauth-impdef=on",
+        "-smp",
+        "2",
+        "-m",
+        &memory(),
+        "-display",
+        "none",
+        "-no-reboot",
+        // No network: the default NIC wants an option ROM we do not install.
+        "-nic",
+        "none",
+    ]);
+    qemu.arg("-kernel").arg(&bench.kit.kernel);
+    qemu.arg("-initrd").arg(&bench.initramfs);
+    qemu.arg("-append").arg(format!(
+        "console=ttyAMA0 quiet panic=-1 hangar.scenario={scenario}"
+    ));
+    qemu
+}
+
+/// Boots, runs `scenario`, and returns the verdict (a failed scenario is a
+/// verdict, not an error; errors are for a bench that could not run at all).
+pub fn run_scenario(
+    bench: &Bench,
+    scenario: &str,
+    timeout: Duration,
+    log_path: &Path,
+) -> Result<Verdict, BenchError> {
+    if let Some(dir) = log_path.parent() {
+        std::fs::create_dir_all(dir).map_err(BenchError::io(dir))?;
+    }
+    let mut log = BufWriter::new(File::create(log_path).map_err(BenchError::io(log_path))?);
+    let echo = std::env::var_os("HANGAR_BENCH_ECHO").is_some();
+
+    let mut qemu = base_command(bench, scenario);
+    qemu.args(["-serial", "stdio", "-monitor", "none"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    progress(format!(
+        "booting scenario `{scenario}` (timeout {}s, log {})",
+        timeout.as_secs(),
+        log_path.display()
+    ));
+    let started = Instant::now();
+    let mut child = qemu.spawn().map_err(|source| BenchError::Spawn {
+        command: "qemu-system-aarch64".into(),
+        source,
+    })?;
+    let lines = spawn_line_reader(&mut child);
+
+    let mut step = "outer boot".to_string();
+    let mut outcome = None;
+    let mut values = Vec::new();
+    let mut outer_boot = None;
+    let mut tail: Vec<String> = Vec::new();
+    let deadline = started + timeout;
+    // After a verdict the machine powers off by itself; give it a moment.
+    let mut grace_deadline = None;
+
+    loop {
+        let wait_until = grace_deadline.unwrap_or(deadline);
+        let now = Instant::now();
+        if now >= wait_until {
+            break;
+        }
+        match lines.recv_timeout(wait_until - now) {
+            Ok(line) => {
+                let _ = writeln!(log, "{line}");
+                if echo {
+                    eprintln!("  | {line}");
+                }
+                tail.push(line.clone());
+                if tail.len() > 40 {
+                    tail.remove(0);
+                }
+                match markers::parse(&line) {
+                    Some(Marker::Scenario(_)) => outer_boot = Some(started.elapsed()),
+                    Some(Marker::Step(s)) => step = s,
+                    Some(Marker::Value(k, v)) => values.push((k, v)),
+                    Some(Marker::Fail(s, reason)) if outcome.is_none() => {
+                        outcome = Some(Outcome::Fail { step: s, reason });
+                        grace_deadline = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                    Some(Marker::Pass(_)) if outcome.is_none() => {
+                        outcome = Some(Outcome::Pass);
+                        grace_deadline = Some(Instant::now() + Duration::from_secs(10));
+                    }
+                    _ => {}
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let total = started.elapsed();
+    let timed_out = outcome.is_none() && Instant::now() >= deadline;
+    let _ = child.kill();
+    let status = child.wait().ok();
+    let stderr = read_stderr(&mut child);
+    if !stderr.trim().is_empty() {
+        let _ = writeln!(log, "--- qemu stderr ---\n{stderr}");
+        tail.push(format!("[qemu stderr] {}", stderr.trim()));
+    }
+    let _ = log.flush();
+
+    let outcome = match outcome {
+        Some(o) => o,
+        None if timed_out => Outcome::Timeout { step },
+        None => {
+            let _ = status;
+            Outcome::NoVerdict { step }
+        }
+    };
+    Ok(Verdict {
+        scenario: scenario.to_string(),
+        outcome,
+        values,
+        log: log_path.to_path_buf(),
+        log_tail: tail.join("\n"),
+        outer_boot,
+        total,
+    })
+}
+
+/// Boots with the nested console on this terminal. `Ctrl-] x` kills the
+/// emulator (QEMU's escape is moved off Ctrl-A, which Hangar's console uses).
+pub fn interactive(bench: &Bench, scenario: &str) -> Result<ExitStatus, BenchError> {
+    let mut qemu = base_command(bench, scenario);
+    qemu.args([
+        "-chardev",
+        "stdio,id=con,mux=on,signal=off",
+        "-serial",
+        "chardev:con",
+        "-mon",
+        "chardev=con,mode=readline",
+        "-echr",
+        "29",
+    ]);
+    progress("nested console: Ctrl-] x stops the emulator, Ctrl-] h lists its keys");
+    qemu.status().map_err(|source| BenchError::Spawn {
+        command: "qemu-system-aarch64".into(),
+        source,
+    })
+}
+
+/// Reads the console byte stream into lines on a thread (the emulator's output
+/// is not line-buffered and uses CRLF).
+fn spawn_line_reader(child: &mut Child) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    std::thread::Builder::new()
+        .name("bench-console".into())
+        .spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut line = Vec::new();
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        for &b in &buf[..n] {
+                            if b == b'\n' {
+                                let text = String::from_utf8_lossy(&line)
+                                    .trim_end_matches('\r')
+                                    .to_string();
+                                if tx.send(text).is_err() {
+                                    return;
+                                }
+                                line.clear();
+                            } else {
+                                line.push(b);
+                            }
+                        }
+                    }
+                }
+            }
+            if !line.is_empty() {
+                let _ = tx.send(String::from_utf8_lossy(&line).to_string());
+            }
+        })
+        .expect("spawn console reader");
+    rx
+}
+
+fn read_stderr(child: &mut Child) -> String {
+    let mut s = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut s);
+    }
+    s
+}
