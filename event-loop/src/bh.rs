@@ -1,27 +1,167 @@
 //! Bottom halves: callbacks scheduled from any thread, run once on the context.
+//!
+//! A BH's state is one atomic flag word; the context keeps a queue with at most one
+//! entry per BH (the `QUEUED` bit). Scheduling sets `SCHEDULED` (and `QUEUED`,
+//! pushing the BH if it was not queued), then publishes through the wake-up
+//! protocol ([`crate::notify`]). Dispatch clears the flags *before* running the
+//! callback, so a BH that reschedules itself from its own callback runs again.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::context::Shared;
+use crate::trace::Ev;
+
+/// The BH is pending.
+pub(crate) const SCHEDULED: u8 = 1;
+/// The pending run is idle (does not wake a sleeping poller).
+pub(crate) const IDLE: u8 = 2;
+/// The BH has an entry in the context's queue.
+pub(crate) const QUEUED: u8 = 4;
+/// The last user handle is gone; never run again.
+pub(crate) const DELETED: u8 = 8;
+
+/// The callback: user BHs are `FnMut` (not re-entrant: a nested poll inside the
+/// callback leaves its next run pending); internal BHs may be re-entrant `Fn`.
+pub(crate) enum BhCallback {
+    Mut(Mutex<Box<dyn FnMut() + Send>>),
+    Reentrant(Box<dyn Fn() + Send + Sync>),
+}
+
+/// The shared part of a BH, referenced by handles and by the context's queue.
+pub(crate) struct BhInner {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u64,
+    /// SCHEDULED | IDLE | QUEUED | DELETED. Any thread, RMW only (AcqRel).
+    pub(crate) flags: AtomicU8,
+    pub(crate) cb: BhCallback,
+}
+
+/// Owns a BH for the user handles; when the last one drops, the BH is deleted.
+struct BhHandle {
+    inner: Arc<BhInner>,
+}
+
+impl Drop for BhHandle {
+    fn drop(&mut self) {
+        self.inner.flags.fetch_or(DELETED, Ordering::AcqRel);
+        self.inner
+            .flags
+            .fetch_and(!(SCHEDULED | IDLE), Ordering::AcqRel);
+    }
+}
 
 /// A shared handle to a bottom half. `Send + Sync + Clone`; dropping the last
 /// handle deletes the BH (a pending run is dropped too).
 #[derive(Clone)]
 pub struct BottomHalf {
-    _todo: (),
+    handle: Arc<BhHandle>,
 }
 
 impl BottomHalf {
+    pub(crate) fn new(inner: Arc<BhInner>) -> Self {
+        BottomHalf {
+            handle: Arc::new(BhHandle { inner }),
+        }
+    }
+
     /// Makes the BH pending and wakes pollers. Scheduling twice before it runs runs
     /// it once. Any thread; also from inside the BH itself (it then runs again).
     pub fn schedule(&self) {
-        todo!()
+        self.enqueue(false);
     }
 
     /// Makes the BH pending without forcing an immediate wake-up: it runs on the next
-    /// poll for another reason, or within 10 ms if a poller sleeps.
+    /// poll for another reason, or within 10 ms if a poller sleeps. Any thread.
     pub fn schedule_idle(&self) {
-        todo!()
+        self.enqueue(true);
     }
 
     /// Makes a pending BH not pending (it does not run for this scheduling). Any thread.
     pub fn cancel(&self) {
-        todo!()
+        self.handle
+            .inner
+            .flags
+            .fetch_and(!(SCHEDULED | IDLE), Ordering::AcqRel);
     }
+
+    /// Whether the BH is pending (diagnostics and tests).
+    pub fn is_scheduled(&self) -> bool {
+        self.handle.inner.flags.load(Ordering::Acquire) & SCHEDULED != 0
+    }
+
+    fn enqueue(&self, idle: bool) {
+        let inner = &self.handle.inner;
+        let mut old = inner.flags.load(Ordering::Acquire);
+        loop {
+            let mut new = old | SCHEDULED | QUEUED;
+            if idle {
+                // Idle only if it was not already pending urgently.
+                if old & SCHEDULED == 0 {
+                    new |= IDLE;
+                }
+            } else {
+                new &= !IDLE;
+            }
+            match inner
+                .flags
+                .compare_exchange_weak(old, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => break,
+                Err(cur) => old = cur,
+            }
+        }
+        let shared = &inner.shared;
+        if old & QUEUED == 0 {
+            shared.push_bh(inner.clone());
+        }
+        shared.trace.record(Ev::BhSchedule, inner.id as i64);
+        // Already pending urgently: the scheduler that made it so published, and the
+        // dispatcher clears SCHEDULED before running the callback, so this request
+        // is covered by that run. Otherwise publish (and wake) now.
+        let already_urgent = old & SCHEDULED != 0 && old & IDLE == 0;
+        if !idle && !already_urgent {
+            shared.publish_and_wake();
+        }
+    }
+}
+
+/// Runs every queued BH once (context lock held). Returns whether any ran.
+pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
+    let batch = shared.take_bh_queue();
+    let mut progress = false;
+    for bh in batch {
+        // Clear QUEUED with the rest so a reschedule from the callback re-queues it.
+        let old = bh
+            .flags
+            .fetch_and(!(SCHEDULED | IDLE | QUEUED), Ordering::AcqRel);
+        if old & DELETED != 0 || old & SCHEDULED == 0 {
+            continue;
+        }
+        match &bh.cb {
+            BhCallback::Reentrant(f) => {
+                shared.trace.record(Ev::BhDispatch, bh.id as i64);
+                f();
+                progress = true;
+            }
+            BhCallback::Mut(m) => match m.try_lock() {
+                Ok(mut f) => {
+                    shared.trace.record(Ev::BhDispatch, bh.id as i64);
+                    (*f)();
+                    progress = true;
+                }
+                Err(_) => {
+                    // Running further up this stack (a nested poll inside its own
+                    // callback): leave the request pending for after it returns.
+                    let prev = bh
+                        .flags
+                        .fetch_or(SCHEDULED | QUEUED | (old & IDLE), Ordering::AcqRel);
+                    if prev & QUEUED == 0 {
+                        shared.push_bh(bh.clone());
+                    }
+                }
+            },
+        }
+    }
+    progress
 }

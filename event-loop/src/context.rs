@@ -1,35 +1,246 @@
 //! The `AioContext`: the event loop's state, its lock, and `poll`.
+//!
+//! # Threads and locks (see `docs/event-loop.md`)
+//!
+//! * Any thread, no lock: `new_bh`, `BottomHalf::{schedule, schedule_idle, cancel}`,
+//!   `set_fd_handler`, `remove_fd_handler`, `new_timer`, `Timer::*`, `notify`,
+//!   `thread_pool().submit`, `JobHandle::cancel`, `trace_dump`.
+//! * Context lock held: `poll`, `poll_while` (they dispatch handlers). The lock is
+//!   recursive; a nested poller holds it for the whole nested poll, also while it
+//!   blocks in the kernel.
+//! * The iothread loop waits in the kernel *without* the lock and takes it only to
+//!   dispatch; so the iothread and one nested poller may both be asleep in
+//!   `epoll_wait` on this context at once.
 
-use std::os::unix::io::RawFd;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use log::error;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::bh::{self, BhCallback, BhInner, IDLE, SCHEDULED};
+use crate::fd::{self, FdEntry, FdTable, FIRST_USER_TOKEN, NOTIFIER_TOKEN, TIMERFD_TOKEN};
+use crate::notify::{StdAtomics, WakeCore};
+use crate::sys::AbsTimerFd;
+use crate::timer::{self, TimerList, DISARMED};
+use crate::trace::{Ev, TraceRing};
 use crate::{BottomHalf, Error, ThreadPool, Timer};
 
 /// A handler run when an fd becomes readable or writable. Runs on whichever thread
 /// polls the context, with the context lock held.
 pub type FdHandler = Box<dyn FnMut() + Send>;
 
+/// How long a sleeping poller waits when only idle BHs are pending.
+const IDLE_BH_TIMEOUT_MS: i32 = 10;
+/// Events gathered per `epoll_wait`.
+const EVENTS_PER_WAIT: usize = 64;
+
+/// Fault knob bits (feature `fault-knobs`; always 0 otherwise).
+pub(crate) const FAULT_SKIP_WHILE_DISPATCHING: u8 = 1;
+pub(crate) const FAULT_NESTED_CLEARS_NOTIFIER: u8 = 2;
+
+/// The part of the context that BHs, timers and the pool reference.
+pub(crate) struct Shared {
+    /// The wake-up protocol: would-be sleepers and the work epoch.
+    pub(crate) core: WakeCore<StdAtomics>,
+    /// The notifier. Written by publishers when `core.publish()` saw sleepers;
+    /// read (cleared) only by a lock holder, which then scans the BH queue.
+    notifier: EventFd,
+    /// Pending BHs, at most one entry each (QUEUED bit). Any thread pushes; the
+    /// lock holder drains. The mutex guards the data only; the protocol's
+    /// ordering comes from `core`.
+    bh_queue: Mutex<VecDeque<Arc<BhInner>>>,
+    /// BH names by id, for the trace dump.
+    bh_names: Mutex<Vec<&'static str>>,
+    /// The timer list; `timerfd` is programmed to its earliest deadline.
+    timers: Mutex<TimerList>,
+    timerfd: AbsTimerFd,
+    /// Threads currently running BH callbacks (diagnostics; fault (a) reads it).
+    dispatching: AtomicUsize,
+    /// Fault knob bits; 0 unless feature `fault-knobs` set them.
+    faults: AtomicU8,
+    /// Eventfd writes made by `publish_and_wake` (benchmarks count syscalls with it).
+    pub(crate) eventfd_writes: AtomicU64,
+    /// The trace ring.
+    pub(crate) trace: TraceRing,
+}
+
+impl Shared {
+    pub(crate) fn push_bh(&self, bh: Arc<BhInner>) {
+        lock(&self.bh_queue).push_back(bh);
+    }
+
+    pub(crate) fn take_bh_queue(&self) -> VecDeque<Arc<BhInner>> {
+        std::mem::take(&mut *lock(&self.bh_queue))
+    }
+
+    /// (urgent, idle): whether a non-idle / only-idle BH is pending.
+    fn pending_bhs(&self) -> (bool, bool) {
+        let q = lock(&self.bh_queue);
+        let mut idle = false;
+        for bh in q.iter() {
+            let f = bh.flags.load(Ordering::Acquire);
+            if f & SCHEDULED != 0 {
+                if f & IDLE == 0 {
+                    return (true, true);
+                }
+                idle = true;
+            }
+        }
+        (false, idle)
+    }
+
+    pub(crate) fn lock_timers(&self) -> MutexGuard<'_, TimerList> {
+        lock(&self.timers)
+    }
+
+    pub(crate) fn program_timerfd(&self, deadline: u64) {
+        let d = (deadline != DISARMED).then_some(deadline);
+        if let Err(e) = self.timerfd.set(d) {
+            error!("event-loop: programming the timerfd failed: {e}");
+        }
+    }
+
+    fn fault(&self, bit: u8) -> bool {
+        cfg!(feature = "fault-knobs") && self.faults.load(Ordering::Relaxed) & bit != 0
+    }
+
+    /// Work was made pending: publish it, and write the eventfd if some poller may
+    /// be (about to be) asleep. Any thread.
+    pub(crate) fn publish_and_wake(&self) {
+        let sleepers = self.core.publish();
+        if sleepers == 0 {
+            self.trace.record(Ev::NotifySkipped, 0);
+            return;
+        }
+        if self.fault(FAULT_SKIP_WHILE_DISPATCHING) && self.dispatching.load(Ordering::Relaxed) > 0
+        {
+            // Failure (a), on purpose: "someone is dispatching, it will see it".
+            self.trace.record(Ev::NotifySkipped, -1);
+            return;
+        }
+        self.write_notifier();
+        self.trace.record(Ev::NotifySent, sleepers as i64);
+    }
+
+    /// Writes the eventfd unconditionally.
+    pub(crate) fn write_notifier(&self) {
+        self.eventfd_writes.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.notifier.write(1) {
+            // EAGAIN only at a counter of 2^64-2: it is then readable anyway.
+            if e.kind() != std::io::ErrorKind::WouldBlock {
+                error!("event-loop: writing the notifier failed: {e}");
+            }
+        }
+    }
+
+    /// Reads (clears) the notifier. Lock holder only, and it must scan the BH
+    /// queue afterwards: it may have consumed a wake-up meant for another poller.
+    fn clear_notifier(&self) {
+        if let Ok(v) = self.notifier.read() {
+            self.trace.record(Ev::NotifierCleared, v as i64);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The event loop. Always shared as `Arc<AioContext>`; `Send + Sync`.
 pub struct AioContext {
-    _todo: (),
+    pub(crate) shared: Arc<Shared>,
+    /// The recursive context lock: held to dispatch.
+    ctx_lock: crate::lock::RecursiveLock,
+    /// Notifier, timerfd and user fds. Waited on by every poller at once.
+    epoll: Epoll,
+    /// Fd handlers; never locked while a handler runs.
+    fds: Mutex<FdTable>,
+    next_token: AtomicU64,
+    next_bh_id: AtomicU64,
+    /// Bumped by every `dispatch` (under the context lock, which orders it): the
+    /// iothread compares it across its unlocked wait to spot stale events.
+    dispatch_gen: AtomicU64,
+    pool: OnceLock<ThreadPool>,
 }
 
 /// Proof that this thread holds the context lock. Dropping it releases one level
 /// of the (recursive) lock.
 pub struct ContextGuard<'a> {
-    _ctx: &'a AioContext,
+    ctx: &'a AioContext,
+}
+
+impl Drop for ContextGuard<'_> {
+    fn drop(&mut self) {
+        self.ctx.ctx_lock.unlock();
+    }
+}
+
+/// Who is polling: the iothread loop or a nested poller (matters only to fault (b)).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Poller {
+    IoThread,
+    Nested,
 }
 
 impl AioContext {
-    /// Creates a context with its epoll instance and notifier eventfd.
+    /// Creates a context with its epoll instance, notifier eventfd and timerfd.
     pub fn new() -> Result<Arc<AioContext>, Error> {
-        todo!()
+        let epoll = Epoll::new().map_err(Error::EpollCreate)?;
+        let notifier = EventFd::new(EFD_NONBLOCK).map_err(Error::EventFdCreate)?;
+        let timerfd = AbsTimerFd::new().map_err(Error::TimerFdCreate)?;
+        for (fd, token) in [
+            (notifier.as_raw_fd(), NOTIFIER_TOKEN),
+            (timerfd.as_raw_fd(), TIMERFD_TOKEN),
+        ] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(|source| Error::EpollCtl { fd, source })?;
+        }
+        let shared = Arc::new(Shared {
+            core: WakeCore::new(),
+            notifier,
+            bh_queue: Mutex::new(VecDeque::new()),
+            bh_names: Mutex::new(Vec::new()),
+            timers: Mutex::new(TimerList {
+                timers: Vec::new(),
+                programmed: DISARMED,
+            }),
+            timerfd,
+            dispatching: AtomicUsize::new(0),
+            faults: AtomicU8::new(0),
+            eventfd_writes: AtomicU64::new(0),
+            trace: TraceRing::new(),
+        });
+        Ok(Arc::new(AioContext {
+            shared,
+            ctx_lock: crate::lock::RecursiveLock::new(),
+            epoll,
+            fds: Mutex::new(FdTable::default()),
+            next_token: AtomicU64::new(FIRST_USER_TOKEN),
+            next_bh_id: AtomicU64::new(0),
+            dispatch_gen: AtomicU64::new(0),
+            pool: OnceLock::new(),
+        }))
     }
 
     /// The context lock: recursive (the same thread may take it again). A thread must
     /// hold it to dispatch handlers; nested pollers hold it for the whole nested poll.
     pub fn acquire(&self) -> ContextGuard<'_> {
-        todo!()
+        self.ctx_lock.lock();
+        ContextGuard { ctx: self }
+    }
+
+    /// Whether the calling thread holds the context lock.
+    pub fn is_held_by_current_thread(&self) -> bool {
+        self.ctx_lock.held_by_me()
     }
 
     /// One iteration: dispatch ready fd handlers, BHs and expired timers; if
@@ -37,67 +248,276 @@ impl AioContext {
     /// Returns whether progress was made (a handler, BH or timer ran).
     ///
     /// Caller holds the context lock (nested use from any thread).
-    pub fn poll(&self, _blocking: bool) -> bool {
-        todo!()
+    pub fn poll(&self, blocking: bool) -> bool {
+        assert!(
+            self.ctx_lock.held_by_me(),
+            "AioContext::poll without the context lock"
+        );
+        let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
+        let n = self.prepare_and_wait(blocking, &mut events);
+        self.dispatch(&events[..n], Poller::Nested)
     }
 
     /// Nested wait helper (like QEMU's `AIO_WAIT_WHILE`): while `cond()` is true,
     /// `poll(true)`. Caller holds the context lock.
-    pub fn poll_while(&self, _cond: impl FnMut() -> bool) {
-        todo!()
+    pub fn poll_while(&self, mut cond: impl FnMut() -> bool) {
+        while cond() {
+            self.poll(true);
+        }
     }
 
-    /// Creates a bottom half that runs `cb` on this context. Any thread may call it.
+    /// Prepare and wait (the first half of an iteration; the lock is *not* needed):
+    /// snapshot the epoch, look for pending BHs, announce as a would-be sleeper,
+    /// re-check, `epoll_wait`, retire. Returns the number of events gathered.
+    pub(crate) fn prepare_and_wait(&self, blocking: bool, events: &mut [EpollEvent]) -> usize {
+        let shared = &*self.shared;
+        // Snapshot before the scan: work published after it changes the epoch.
+        let snapshot = shared.core.snapshot();
+        let (urgent, idle) = shared.pending_bhs();
+        let mut timeout = match (blocking, urgent, idle) {
+            (false, _, _) | (true, true, _) => 0,
+            (true, false, true) => IDLE_BH_TIMEOUT_MS,
+            (true, false, false) => -1,
+        };
+        let announced = timeout != 0;
+        if announced {
+            let may_block = shared.core.announce(snapshot);
+            shared
+                .trace
+                .record(Ev::Announce, shared.core.sleepers() as i64);
+            if !may_block {
+                timeout = 0;
+            }
+        }
+        shared.trace.record(Ev::PollEnter, timeout as i64);
+        let n = self.epoll.wait(timeout, events).unwrap_or(0);
+        if announced {
+            shared.core.retire();
+        }
+        n
+    }
+
+    /// The second half (lock held): clear the notifier if it fired, run fd
+    /// handlers, then every pending BH, then expired timers.
+    pub(crate) fn dispatch(&self, events: &[EpollEvent], who: Poller) -> bool {
+        let shared = &*self.shared;
+        self.dispatch_gen.fetch_add(1, Ordering::Relaxed);
+        let nested_fault = who == Poller::Nested && shared.fault(FAULT_NESTED_CLEARS_NOTIFIER);
+        let mut progress = false;
+        let mut timers_due = false;
+        for ev in events {
+            match ev.data() {
+                // Cleared *before* the BH scan below: whatever wake-up we consume,
+                // the work it announced is in the queue we are about to drain.
+                NOTIFIER_TOKEN if !nested_fault => shared.clear_notifier(),
+                NOTIFIER_TOKEN => {}
+                TIMERFD_TOKEN => {
+                    shared.timerfd.clear();
+                    timers_due = true;
+                }
+                token => progress |= self.dispatch_fd(token, ev.event_set()),
+            }
+        }
+        shared.dispatching.fetch_add(1, Ordering::Relaxed);
+        progress |= bh::dispatch_queue(shared);
+        shared.dispatching.fetch_sub(1, Ordering::Relaxed);
+        if nested_fault {
+            // Failure (b), on purpose: clear after the scan, eating wake-ups that
+            // were meant for the other poller and announce work we did not see.
+            shared.clear_notifier();
+        }
+        if timers_due {
+            progress |= timer::run_expired(shared);
+        }
+        shared.trace.record(Ev::PollExit, progress as i64);
+        progress
+    }
+
+    fn dispatch_fd(&self, token: u64, set: EventSet) -> bool {
+        let Some(entry) = lock(&self.fds).by_token.get(&token).cloned() else {
+            return false; // replaced or removed since the event was gathered
+        };
+        let mut progress = false;
+        let readable = EventSet::IN | EventSet::HANG_UP | EventSet::ERROR | EventSet::READ_HANG_UP;
+        if set.intersects(readable) {
+            if let Some(h) = &entry.read {
+                self.shared.trace.record(Ev::FdDispatch, entry.fd as i64);
+                progress |= fd::run_handler(h);
+            }
+        }
+        if set.intersects(EventSet::OUT | EventSet::ERROR) {
+            if let Some(h) = &entry.write {
+                self.shared.trace.record(Ev::FdDispatch, entry.fd as i64);
+                progress |= fd::run_handler(h);
+            }
+        }
+        progress
+    }
+
+    /// One iothread iteration: wait without the lock, then dispatch with it.
+    pub(crate) fn iothread_iteration(&self) {
+        let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
+        self.shared.trace.record(Ev::LoopWait, 0);
+        let gen = self.dispatch_gen.load(Ordering::Relaxed);
+        let mut n = self.prepare_and_wait(true, &mut events);
+        self.ctx_lock.lock();
+        // Relaxed is enough: the lock acquisition orders us after the last dispatch.
+        if self.dispatch_gen.load(Ordering::Relaxed) != gen {
+            // A nested poller dispatched while we waited without the lock: what we
+            // gathered may be stale (it ran those fds). Gather afresh under the lock.
+            n = self.epoll.wait(0, &mut events).unwrap_or(0);
+        }
+        let _guard = ContextGuard { ctx: self };
+        self.dispatch(&events[..n], Poller::IoThread);
+    }
+
+    /// Creates a bottom half that runs `cb` on this context. Any thread.
     pub fn new_bh(
         self: &Arc<Self>,
-        _name: &'static str,
-        _cb: impl FnMut() + Send + 'static,
+        name: &'static str,
+        cb: impl FnMut() + Send + 'static,
     ) -> BottomHalf {
-        todo!()
+        self.make_bh(name, BhCallback::Mut(Mutex::new(Box::new(cb))))
+    }
+
+    pub(crate) fn make_bh(&self, name: &'static str, cb: BhCallback) -> BottomHalf {
+        let id = self.next_bh_id.fetch_add(1, Ordering::Relaxed);
+        lock(&self.shared.bh_names).push(name);
+        BottomHalf::new(Arc::new(BhInner {
+            shared: self.shared.clone(),
+            id,
+            flags: AtomicU8::new(0),
+            cb,
+        }))
     }
 
     /// Sets (or with both `None`, removes) the read/write handlers of `fd`. Any
-    /// thread may call it, also from inside a handler; pollers are woken so that the
-    /// new interest takes effect.
+    /// thread, also from inside a handler. A poller asleep in the kernel sees the new
+    /// interest at once (the epoll set is shared by every poller).
     pub fn set_fd_handler(
         &self,
-        _fd: RawFd,
-        _read: Option<FdHandler>,
-        _write: Option<FdHandler>,
+        fd: RawFd,
+        read: Option<FdHandler>,
+        write: Option<FdHandler>,
     ) -> Result<(), Error> {
-        todo!()
+        if read.is_none() && write.is_none() {
+            self.remove_fd_handler(fd);
+            return Ok(());
+        }
+        let mut set = EventSet::empty();
+        if read.is_some() {
+            set |= EventSet::IN;
+        }
+        if write.is_some() {
+            set |= EventSet::OUT;
+        }
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let entry = Arc::new(FdEntry {
+            fd,
+            read: read.map(Mutex::new),
+            write: write.map(Mutex::new),
+        });
+        let mut table = lock(&self.fds);
+        let op = if table.by_fd.contains_key(&fd) {
+            ControlOperation::Modify
+        } else {
+            ControlOperation::Add
+        };
+        self.epoll
+            .ctl(op, fd, EpollEvent::new(set, token))
+            .map_err(|source| Error::EpollCtl { fd, source })?;
+        if let Some(old) = table.by_fd.insert(fd, token) {
+            table.by_token.remove(&old);
+        }
+        table.by_token.insert(token, entry);
+        Ok(())
     }
 
-    /// Removes both handlers of `fd` (no-op if it has none). Any thread.
-    pub fn remove_fd_handler(&self, _fd: RawFd) {
-        todo!()
+    /// Removes both handlers of `fd` (no-op if it has none). Any thread, also from
+    /// inside that fd's own handler.
+    pub fn remove_fd_handler(&self, fd: RawFd) {
+        let mut table = lock(&self.fds);
+        if let Some(token) = table.by_fd.remove(&fd) {
+            // The fd may already be closed (epoll then dropped it): ignore errors.
+            let _ = self
+                .epoll
+                .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+            // Dropped here unless a dispatcher is running it right now.
+            let _old = table.by_token.remove(&token);
+        }
     }
 
     /// Creates an unarmed timer that runs `cb` on this context after its deadline
-    /// (CLOCK_MONOTONIC, see [`crate::now_ns`]).
-    pub fn new_timer(self: &Arc<Self>, _cb: impl FnMut() + Send + 'static) -> Timer {
-        todo!()
+    /// (CLOCK_MONOTONIC, see [`crate::now_ns`]). Any thread.
+    pub fn new_timer(self: &Arc<Self>, cb: impl FnMut() + Send + 'static) -> Timer {
+        Timer::new(self.shared.clone(), Box::new(cb))
     }
 
     /// Wakes every poller of this context that is (or is about to be) asleep in the
-    /// kernel. Any thread; writes the eventfd only if someone could be sleeping.
+    /// kernel, as a publisher of work (QEMU's `aio_notify`). Any thread; writes the
+    /// eventfd only if someone could be sleeping.
     pub fn notify(&self) {
-        todo!()
+        self.shared.publish_and_wake();
     }
 
     /// The context's worker thread pool (created on first use; workers start lazily).
     pub fn thread_pool(self: &Arc<Self>) -> &ThreadPool {
-        todo!()
+        self.pool.get_or_init(|| ThreadPool::new(self))
     }
 
     /// The per-context trace ring as text, oldest first, newest last.
     pub fn trace_dump(&self) -> String {
-        todo!()
+        let names = lock(&self.shared.bh_names).clone();
+        self.shared.trace.dump(|id| {
+            names
+                .get(id as usize)
+                .map(|n| format!("{n}#{id}"))
+                .unwrap_or_else(|| format!("bh#{id}"))
+        })
+    }
+
+    /// How many times the notifier eventfd was written (a syscall each).
+    pub fn eventfd_writes(&self) -> u64 {
+        self.shared.eventfd_writes.load(Ordering::Relaxed)
+    }
+
+    /// Pollers currently announced as would-be sleepers (diagnostics).
+    pub fn sleepers(&self) -> u64 {
+        self.shared.core.sleepers()
+    }
+
+    /// Writes the notifier unconditionally (used to stop an iothread).
+    pub(crate) fn kick(&self) {
+        self.shared.write_notifier();
     }
 
     /// Turns a test-only fault on or off (feature `fault-knobs`; positive controls).
     #[cfg(feature = "fault-knobs")]
-    pub fn set_fault(&self, _fault: crate::Fault, _on: bool) {
-        todo!()
+    pub fn set_fault(&self, fault: crate::Fault, on: bool) {
+        use crate::Fault;
+        let bit = match fault {
+            Fault::SkipNotifyWhileDispatching => FAULT_SKIP_WHILE_DISPATCHING,
+            Fault::NestedPollClearsNotifier => FAULT_NESTED_CLEARS_NOTIFIER,
+            Fault::NoFullFence => {
+                self.shared.core.set_full_fences(!on);
+                return;
+            }
+        };
+        if on {
+            self.shared.faults.fetch_or(bit, Ordering::Relaxed);
+        } else {
+            self.shared.faults.fetch_and(!bit, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for AioContext {
+    fn drop(&mut self) {
+        // Stop and join the workers first: they schedule the completion BH.
+        if let Some(pool) = self.pool.take() {
+            pool.shutdown();
+        }
+        // Queued BHs hold `shared`; break that cycle.
+        drop(self.shared.take_bh_queue());
     }
 }

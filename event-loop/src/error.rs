@@ -11,6 +11,9 @@ pub enum Error {
     /// Creating the notifier eventfd failed.
     #[error("creating the notifier eventfd")]
     EventFdCreate(#[source] io::Error),
+    /// Creating the timerfd failed.
+    #[error("creating the timerfd")]
+    TimerFdCreate(#[source] io::Error),
     /// Registering, changing or removing an fd in epoll failed.
     #[error("registering fd {fd} with epoll")]
     EpollCtl {

@@ -1,23 +1,59 @@
 //! The iothread: a thread running a context's own loop.
+//!
+//! Each iteration is QEMU's prepare / wait / check / dispatch: prepare and wait in
+//! the kernel *without* the context lock (so a nested poller on another thread can
+//! take the lock meanwhile), then take the lock, check and dispatch.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use crate::{AioContext, Error};
 
-/// A thread running the iothread loop on a context: prepare / wait in the kernel
-/// (without the context lock) / check / dispatch (with the context lock).
+/// A thread running the iothread loop on a context.
 pub struct IoThread {
-    _todo: (),
+    ctx: Arc<AioContext>,
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<()>,
 }
 
 impl IoThread {
     /// Starts the iothread named `name` running `ctx`'s loop.
-    pub fn spawn(_name: &str, _ctx: Arc<AioContext>) -> Result<IoThread, Error> {
-        todo!()
+    pub fn spawn(name: &str, ctx: Arc<AioContext>) -> Result<IoThread, Error> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (ctx.clone(), stop.clone());
+        let handle = thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                // Acquire pairs with the Release store in `stop`.
+                while !s.load(Ordering::Acquire) {
+                    c.iothread_iteration();
+                }
+            })
+            .map_err(|source| Error::SpawnThread {
+                name: name.to_string(),
+                source,
+            })?;
+        Ok(IoThread { ctx, stop, handle })
+    }
+
+    /// The context this thread runs.
+    pub fn context(&self) -> &Arc<AioContext> {
+        &self.ctx
     }
 
     /// Asks the loop to stop, wakes it and joins the thread.
+    ///
+    /// The stop request is work only the iothread can do, so a nested poller that
+    /// clears the notifier could eat a single kick; the kick is therefore repeated
+    /// every millisecond until the thread has exited.
     pub fn stop(self) {
-        todo!()
+        self.stop.store(true, Ordering::Release);
+        while !self.handle.is_finished() {
+            self.ctx.kick();
+            thread::sleep(Duration::from_millis(1));
+        }
+        let _ = self.handle.join();
     }
 }

@@ -20,6 +20,7 @@ mod iothread;
 mod lock;
 pub mod notify;
 mod pool;
+mod sys;
 mod timer;
 mod trace;
 

@@ -1,37 +1,259 @@
 //! The worker thread pool whose completions run on the context.
+//!
+//! Workers start lazily (up to `max_workers`) and retire after
+//! [`IDLE_RETIRE`] without work. A finished job's completion closure goes on the
+//! pool's completion queue and the pool's completion BH is scheduled; that BH runs
+//! completions one by one and, like QEMU's `thread_pool_completion_bh`,
+//! reschedules itself before each callback while more completions remain, so a
+//! nested poll inside a callback can still deliver the rest. That self-rescheduling
+//! during dispatch is exactly the situation of failure (a).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use log::error;
+
+use crate::bh::BhCallback;
+use crate::{AioContext, BottomHalf};
+
+/// How long an idle worker waits for work before it exits.
+pub const IDLE_RETIRE: Duration = Duration::from_secs(10);
+/// The default maximum number of workers (QEMU's default).
+pub const DEFAULT_MAX_WORKERS: usize = 64;
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const CANCELLED: u8 = 2;
+
+type Completion = Box<dyn FnOnce() + Send>;
+type Work = Box<dyn FnOnce() -> Completion + Send>;
+
+struct Job {
+    /// QUEUED -> RUNNING (worker) or QUEUED -> CANCELLED (cancel); CAS only.
+    state: AtomicU8,
+    work: Mutex<Option<Work>>,
+}
+
+struct PoolState {
+    queue: VecDeque<Arc<Job>>,
+    workers: usize,
+    idle: usize,
+    max_workers: usize,
+    shutdown: bool,
+    handles: Vec<JoinHandle<()>>,
+}
+
+struct PoolInner {
+    state: Mutex<PoolState>,
+    work_ready: Condvar,
+    completions: Mutex<VecDeque<Completion>>,
+    completion_bh: BottomHalf,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Worker threads running blocking jobs; `done` callbacks run on the context in the
 /// pool's completion BH.
 pub struct ThreadPool {
-    _todo: (),
+    inner: Arc<PoolInner>,
 }
 
 /// A handle to one submitted job.
 pub struct JobHandle {
-    _todo: (),
+    job: Arc<Job>,
 }
 
 impl ThreadPool {
+    pub(crate) fn new(ctx: &AioContext) -> ThreadPool {
+        let inner = Arc::new_cyclic(|weak: &Weak<PoolInner>| {
+            let weak = weak.clone();
+            let completion_bh = ctx.make_bh(
+                "thread-pool-completion",
+                BhCallback::Reentrant(Box::new(move || {
+                    if let Some(pool) = weak.upgrade() {
+                        pool.run_completions();
+                    }
+                })),
+            );
+            PoolInner {
+                state: Mutex::new(PoolState {
+                    queue: VecDeque::new(),
+                    workers: 0,
+                    idle: 0,
+                    max_workers: DEFAULT_MAX_WORKERS,
+                    shutdown: false,
+                    handles: Vec::new(),
+                }),
+                work_ready: Condvar::new(),
+                completions: Mutex::new(VecDeque::new()),
+                completion_bh,
+            }
+        });
+        ThreadPool { inner }
+    }
+
     /// Runs `work` on a worker thread; `done(result)` later runs on the context (in the
-    /// pool's completion BH). Any thread.
+    /// pool's completion BH). Any thread. After shutdown the job is cancelled at once.
     pub fn submit<R: Send + 'static>(
         &self,
-        _work: impl FnOnce() -> R + Send + 'static,
-        _done: impl FnOnce(R) + Send + 'static,
+        work: impl FnOnce() -> R + Send + 'static,
+        done: impl FnOnce(R) + Send + 'static,
     ) -> JobHandle {
-        todo!()
+        let work: Work = Box::new(move || {
+            let r = work();
+            Box::new(move || done(r)) as Completion
+        });
+        let job = Arc::new(Job {
+            state: AtomicU8::new(QUEUED),
+            work: Mutex::new(Some(work)),
+        });
+        let mut st = lock(&self.inner.state);
+        if st.shutdown {
+            job.state.store(CANCELLED, Ordering::Release);
+            return JobHandle { job };
+        }
+        st.queue.push_back(job.clone());
+        if st.idle >= st.queue.len() {
+            self.inner.work_ready.notify_one();
+        } else if st.workers < st.max_workers {
+            self.spawn_worker(&mut st);
+        } else if st.idle > 0 {
+            self.inner.work_ready.notify_one();
+        }
+        JobHandle { job }
+    }
+
+    fn spawn_worker(&self, st: &mut PoolState) {
+        st.handles.retain(|h| !h.is_finished());
+        let inner = self.inner.clone();
+        match thread::Builder::new()
+            .name("pool-worker".into())
+            .spawn(move || inner.worker_loop())
+        {
+            Ok(h) => {
+                st.workers += 1;
+                st.handles.push(h);
+            }
+            Err(e) => error!("event-loop: spawning a pool worker failed: {e}"),
+        }
     }
 
     /// Sets the maximum number of worker threads (at least 1).
-    pub fn set_max_workers(&self, _n: usize) {
-        todo!()
+    pub fn set_max_workers(&self, n: usize) {
+        lock(&self.inner.state).max_workers = n.max(1);
+    }
+
+    /// Live worker threads (diagnostics and tests).
+    pub fn workers(&self) -> usize {
+        lock(&self.inner.state).workers
+    }
+
+    /// Cancels every job that has not started, lets running ones finish (their
+    /// completions stay queued for the context's next poll), and joins the workers.
+    /// Later submissions are cancelled at once. Any thread except a worker.
+    pub fn shutdown(&self) {
+        let handles = {
+            let mut st = lock(&self.inner.state);
+            st.shutdown = true;
+            for job in st.queue.drain(..) {
+                if job
+                    .state
+                    .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+                {
+                    drop(lock(&job.work).take());
+                }
+            }
+            std::mem::take(&mut st.handles)
+        };
+        self.inner.work_ready.notify_all();
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+impl PoolInner {
+    fn worker_loop(self: Arc<Self>) {
+        let mut st = lock(&self.state);
+        loop {
+            if let Some(job) = st.queue.pop_front() {
+                if job
+                    .state
+                    .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    continue; // cancelled
+                }
+                drop(st);
+                let work = lock(&job.work).take();
+                if let Some(work) = work {
+                    let completion = work();
+                    lock(&self.completions).push_back(completion);
+                    self.completion_bh.schedule();
+                }
+                st = lock(&self.state);
+                continue;
+            }
+            if st.shutdown {
+                break;
+            }
+            st.idle += 1;
+            let (guard, timeout) = self
+                .work_ready
+                .wait_timeout(st, IDLE_RETIRE)
+                .unwrap_or_else(|p| p.into_inner());
+            st = guard;
+            st.idle -= 1;
+            if timeout.timed_out() && st.queue.is_empty() {
+                break; // retire
+            }
+        }
+        st.workers -= 1;
+    }
+
+    /// The completion BH's body (context lock held). Re-entrant: a nested poll in
+    /// a callback may run it again to deliver later completions.
+    fn run_completions(&self) {
+        loop {
+            let (next, more) = {
+                let mut q = lock(&self.completions);
+                let next = q.pop_front();
+                (next, !q.is_empty())
+            };
+            let Some(done) = next else { break };
+            if more {
+                // Keep the BH pending while completions remain, so they are delivered
+                // even if this callback blocks in a nested poll (QEMU does the same).
+                self.completion_bh.schedule();
+            }
+            done();
+        }
     }
 }
 
 impl JobHandle {
+    /// Whether a worker has taken the job (or it was cancelled): `cancel` would fail.
+    pub fn has_started(&self) -> bool {
+        self.job.state.load(Ordering::Acquire) != QUEUED
+    }
+
     /// Cancels the job if it has not started: returns true and `done` is never called.
-    /// Returns false if it already started (then `done` runs as usual).
+    /// Returns false if it already started or finished (then `done` runs as usual).
     pub fn cancel(&self) -> bool {
-        todo!()
+        let ok = self
+            .job
+            .state
+            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if ok {
+            drop(lock(&self.job.work).take());
+        }
+        ok
     }
 }

@@ -1,0 +1,327 @@
+//! Functional tests of the public API: BHs, fd handlers, timers, the pool, IoThread.
+
+use std::os::unix::io::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use event_loop::{now_ns, AioContext, IoThread};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+fn counter() -> (Arc<AtomicUsize>, impl Fn() -> usize) {
+    let c = Arc::new(AtomicUsize::new(0));
+    let c2 = c.clone();
+    (c, move || c2.load(Ordering::SeqCst))
+}
+
+#[test]
+fn bh_scheduled_twice_runs_once() {
+    let ctx = AioContext::new().unwrap();
+    let (c, get) = counter();
+    let bh = ctx.new_bh("t", move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    bh.schedule();
+    bh.schedule();
+    let _g = ctx.acquire();
+    assert!(ctx.poll(false));
+    assert_eq!(get(), 1);
+    assert!(!ctx.poll(false));
+    assert_eq!(get(), 1);
+}
+
+#[test]
+fn cancelled_and_deleted_bhs_do_not_run() {
+    let ctx = AioContext::new().unwrap();
+    let (c, get) = counter();
+    let c2 = c.clone();
+    let bh = ctx.new_bh("cancelled", move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    bh.schedule();
+    bh.cancel();
+    let bh2 = ctx.new_bh("deleted", move || {
+        c2.fetch_add(1, Ordering::SeqCst);
+    });
+    bh2.schedule();
+    drop(bh2);
+    let _g = ctx.acquire();
+    assert!(!ctx.poll(false));
+    assert_eq!(get(), 0);
+    bh.schedule();
+    assert!(ctx.poll(false));
+    assert_eq!(get(), 1);
+}
+
+#[test]
+fn bh_rescheduling_itself_runs_again_next_poll() {
+    let ctx = AioContext::new().unwrap();
+    let (c, get) = counter();
+    let slot: Arc<Mutex<Option<event_loop::BottomHalf>>> = Arc::new(Mutex::new(None));
+    let s2 = slot.clone();
+    let bh = ctx.new_bh("again", move || {
+        if c.fetch_add(1, Ordering::SeqCst) < 2 {
+            s2.lock().unwrap().as_ref().unwrap().schedule();
+        }
+    });
+    *slot.lock().unwrap() = Some(bh.clone());
+    bh.schedule();
+    let _g = ctx.acquire();
+    ctx.poll_while(|| get() < 3);
+    assert_eq!(get(), 3);
+    assert!(!bh.is_scheduled());
+    slot.lock().unwrap().take();
+}
+
+#[test]
+fn idle_bh_runs_within_the_idle_timeout_without_a_wakeup() {
+    let ctx = AioContext::new().unwrap();
+    let (c, get) = counter();
+    let bh = ctx.new_bh("idle", move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    bh.schedule_idle();
+    assert_eq!(ctx.eventfd_writes(), 0);
+    let _g = ctx.acquire();
+    let t = Instant::now();
+    assert!(ctx.poll(true));
+    assert_eq!(get(), 1);
+    assert!(t.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn fd_handlers_added_and_removed_from_inside_handlers() {
+    let ctx = AioContext::new().unwrap();
+    let a = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let b = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let (hits_b, get_b) = counter();
+    let (ctx2, a2, b2) = (ctx.clone(), a.clone(), b.clone());
+    ctx.set_fd_handler(
+        a.as_raw_fd(),
+        Some(Box::new(move || {
+            let _ = a2.read();
+            // Remove ourselves and register b.
+            ctx2.remove_fd_handler(a2.as_raw_fd());
+            let (b3, h) = (b2.clone(), hits_b.clone());
+            ctx2.set_fd_handler(
+                b2.as_raw_fd(),
+                Some(Box::new(move || {
+                    let _ = b3.read();
+                    h.fetch_add(1, Ordering::SeqCst);
+                })),
+                None,
+            )
+            .unwrap();
+        })),
+        None,
+    )
+    .unwrap();
+    a.write(1).unwrap();
+    b.write(1).unwrap();
+    let _g = ctx.acquire();
+    assert!(ctx.poll(true));
+    ctx.poll_while(|| get_b() == 0);
+    a.write(1).unwrap();
+    assert!(!ctx.poll(false), "a's handler was removed");
+    // Removing b drops the last handler holding a clone of the context.
+    ctx.remove_fd_handler(b.as_raw_fd());
+}
+
+#[test]
+fn write_handler_runs_on_writable_fd() {
+    let ctx = AioContext::new().unwrap();
+    let e = EventFd::new(EFD_NONBLOCK).unwrap();
+    let (c, get) = counter();
+    ctx.set_fd_handler(
+        e.as_raw_fd(),
+        None,
+        Some(Box::new(move || {
+            c.fetch_add(1, Ordering::SeqCst);
+        })),
+    )
+    .unwrap();
+    let _g = ctx.acquire();
+    assert!(ctx.poll(true));
+    assert_eq!(get(), 1);
+    ctx.remove_fd_handler(e.as_raw_fd());
+    assert!(!ctx.poll(false));
+}
+
+#[test]
+fn timers_fire_in_deadline_order_not_before() {
+    let ctx = AioContext::new().unwrap();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let (o1, o2) = (order.clone(), order.clone());
+    let t1 = ctx.new_timer(move || o1.lock().unwrap().push((1, now_ns())));
+    let t2 = ctx.new_timer(move || o2.lock().unwrap().push((2, now_ns())));
+    let start = now_ns();
+    t1.arm_after(Duration::from_millis(30));
+    t2.arm_after(Duration::from_millis(10));
+    let cancelled = ctx.new_timer(|| panic!("cancelled timer fired"));
+    cancelled.arm_after(Duration::from_millis(5));
+    cancelled.cancel();
+    let _g = ctx.acquire();
+    ctx.poll_while(|| order.lock().unwrap().len() < 2);
+    let got = order.lock().unwrap().clone();
+    assert_eq!(got.iter().map(|x| x.0).collect::<Vec<_>>(), vec![2, 1]);
+    assert!(got[0].1 >= start + 10_000_000);
+    assert!(got[1].1 >= start + 30_000_000);
+    assert!(!t1.is_armed());
+}
+
+#[test]
+fn arming_a_timer_earlier_wakes_a_sleeping_iothread() {
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    let (c, get) = counter();
+    let t = ctx.new_timer(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    std::thread::sleep(Duration::from_millis(20)); // let it fall asleep
+    t.arm_after(Duration::from_millis(5));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(get(), 1);
+    io.stop();
+}
+
+#[test]
+fn pool_runs_jobs_and_completions_on_the_context() {
+    let ctx = AioContext::new().unwrap();
+    let pool = ctx.thread_pool();
+    pool.set_max_workers(2);
+    let results = Arc::new(Mutex::new(Vec::new()));
+    for i in 0..20u64 {
+        let r = results.clone();
+        let c = ctx.clone();
+        pool.submit(
+            move || i * 2,
+            move |v| {
+                assert!(c.is_held_by_current_thread());
+                r.lock().unwrap().push(v)
+            },
+        );
+    }
+    let _g = ctx.acquire();
+    ctx.poll_while(|| results.lock().unwrap().len() < 20);
+    let mut got = results.lock().unwrap().clone();
+    got.sort();
+    assert_eq!(got, (0..20).map(|i| i * 2).collect::<Vec<_>>());
+    assert!(pool.workers() <= 2);
+}
+
+#[test]
+fn cancelled_job_never_completes() {
+    let ctx = AioContext::new().unwrap();
+    let pool = ctx.thread_pool();
+    pool.set_max_workers(1);
+    let (open_gate, gate) = std::sync::mpsc::channel::<()>();
+    let (done, get) = counter();
+    let d1 = done.clone();
+    let first = pool.submit(
+        move || {
+            let _ = gate.recv();
+        },
+        move |_| {
+            d1.fetch_add(1, Ordering::SeqCst);
+        },
+    );
+    let d2 = done.clone();
+    let second = pool.submit(
+        || (),
+        move |_| {
+            d2.fetch_add(100, Ordering::SeqCst);
+        },
+    );
+    // The single worker is busy (or about to be) with `first`.
+    assert!(second.cancel());
+    assert!(!second.cancel());
+    drop(open_gate);
+    let _g = ctx.acquire();
+    ctx.poll_while(|| get() == 0);
+    assert!(!first.cancel());
+    assert!(!ctx.poll(false));
+    assert_eq!(get(), 1);
+}
+
+#[test]
+fn shutdown_cancels_queued_jobs_and_joins() {
+    let ctx = AioContext::new().unwrap();
+    let pool = ctx.thread_pool();
+    pool.set_max_workers(1);
+    let (open_gate, gate) = std::sync::mpsc::channel::<()>();
+    let started = pool.submit(
+        move || {
+            let _ = gate.recv();
+        },
+        |_| {},
+    );
+    let queued: Vec<_> = (0..5).map(|_| pool.submit(|| (), |_| {})).collect();
+    let unlock = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        drop(open_gate);
+    });
+    // Wait until the worker has taken `started`.
+    while !started.has_started() {
+        std::thread::yield_now();
+    }
+    pool.shutdown();
+    unlock.join().unwrap();
+    assert_eq!(pool.workers(), 0);
+    for q in &queued {
+        assert!(!q.cancel(), "shutdown already cancelled it");
+    }
+    let late = pool.submit(|| (), |_| panic!("ran after shutdown"));
+    assert!(!late.cancel());
+}
+
+#[test]
+fn idle_workers_retire_lazily_started() {
+    let ctx = AioContext::new().unwrap();
+    let pool = ctx.thread_pool();
+    assert_eq!(pool.workers(), 0, "workers start lazily");
+    let (c, get) = counter();
+    pool.submit(
+        || (),
+        move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+        },
+    );
+    assert_eq!(pool.workers(), 1);
+    let _g = ctx.acquire();
+    ctx.poll_while(|| get() == 0);
+}
+
+#[test]
+fn iothread_runs_bhs_scheduled_from_other_threads() {
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    let (c, get) = counter();
+    let bh = ctx.new_bh("x", move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    for i in 1..=100 {
+        bh.schedule();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get() < i && Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+        assert_eq!(get(), i);
+    }
+    io.stop();
+    assert!(ctx.trace_dump().contains("BhDispatch(x#"));
+}
+
+#[test]
+fn scheduling_with_no_sleeper_writes_no_eventfd() {
+    let ctx = AioContext::new().unwrap();
+    let bh = ctx.new_bh("x", || {});
+    for _ in 0..1000 {
+        bh.schedule();
+        let _g = ctx.acquire();
+        ctx.poll(false);
+    }
+    assert_eq!(ctx.eventfd_writes(), 0);
+}
