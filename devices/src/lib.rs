@@ -9,3 +9,6 @@ pub mod irq;
 pub mod mmio;
 pub mod pflash;
 pub mod virtio;
+pub mod console;
+pub mod pl011;
+pub mod pl031;
