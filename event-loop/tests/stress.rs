@@ -1,0 +1,60 @@
+//! Stress tests of the original hang scenario, with positive controls: each fault
+//! knob re-creates a known failure and the same stress test must detect it.
+
+mod support;
+
+use std::time::Duration;
+
+use event_loop::Fault;
+use support::{run_stress, Outcome, StressConfig};
+
+fn config(fault: Option<Fault>, duration: Duration) -> StressConfig {
+    StressConfig {
+        fault,
+        duration,
+        quiet_limit: Duration::from_millis(1500),
+        schedulers: 2,
+        jobs_per_poll: 3,
+    }
+}
+
+#[test]
+fn original_scenario_never_hangs() {
+    match run_stress(&config(None, Duration::from_secs(4))) {
+        Outcome::Completed { iterations } => {
+            eprintln!("stress: {iterations} completed waits in 4 s, no hang");
+            assert!(
+                iterations > 1000,
+                "too few iterations ({iterations}) to mean anything"
+            );
+        }
+        Outcome::Hang { report, .. } => panic!("lost wake-up in the real protocol:\n{report}"),
+    }
+}
+
+fn expect_hang(fault: Fault, evidence: &str) {
+    match run_stress(&config(Some(fault), Duration::from_secs(20))) {
+        Outcome::Hang { after, report } => {
+            eprintln!("{fault:?}: hang detected after {after} waits\n{report}");
+            assert!(
+                report.contains(evidence),
+                "hang found but the trace lacks {evidence:?}:\n{report}"
+            );
+        }
+        Outcome::Completed { iterations } => panic!(
+            "positive control {fault:?} ran {iterations} waits without the watchdog firing: \
+             the stress test cannot detect this failure"
+        ),
+    }
+}
+
+#[test]
+fn positive_control_a_skip_notify_while_dispatching_hangs() {
+    // Evidence: a notify skipped (arg -1) because someone was dispatching.
+    expect_hang(Fault::SkipNotifyWhileDispatching, "NotifySkipped(-1)");
+}
+
+#[test]
+fn positive_control_b_nested_poll_clearing_the_notifier_hangs() {
+    expect_hang(Fault::NestedPollClearsNotifier, "NotifierCleared");
+}
