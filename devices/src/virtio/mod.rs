@@ -1,3 +1,9 @@
-//! Virtio devices: the virtio-mmio transport and virtio-scsi.
+//! Virtio devices: the virtio-mmio transport (`mmio.rs`), the device contract
+//! and shared interrupt state (`device.rs`), and virtio-scsi (`scsi/`).
 
+pub mod device;
+pub mod mmio;
 pub mod scsi;
+
+pub use device::{ActivateError, VirtioDevice, VirtioInterrupt};
+pub use mmio::MmioTransport;

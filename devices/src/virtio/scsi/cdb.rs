@@ -16,20 +16,45 @@ use super::sense::Sense;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
     TestUnitReady,
-    RequestSense { alloc_len: u8 },
-    Inquiry { evpd: bool, page_code: u8, alloc_len: u16 },
+    RequestSense {
+        alloc_len: u8,
+    },
+    Inquiry {
+        evpd: bool,
+        page_code: u8,
+        alloc_len: u16,
+    },
     ModeSense(ModeSense),
-    StartStopUnit { start: bool },
+    StartStopUnit {
+        start: bool,
+    },
     PreventAllowMediumRemoval,
     ReadCapacity10,
-    ReadCapacity16 { alloc_len: u32 },
+    ReadCapacity16 {
+        alloc_len: u32,
+    },
     Read(Transfer),
     Write(Transfer),
-    Verify { lba: u64, blocks: u32 },
-    SynchronizeCache { lba: u64, blocks: u32 },
-    Unmap { param_len: u16 },
-    WriteSame16 { lba: u64, blocks: u32, unmap: bool, ndob: bool },
-    ReportLuns { alloc_len: u32 },
+    Verify {
+        lba: u64,
+        blocks: u32,
+    },
+    SynchronizeCache {
+        lba: u64,
+        blocks: u32,
+    },
+    Unmap {
+        param_len: u16,
+    },
+    WriteSame16 {
+        lba: u64,
+        blocks: u32,
+        unmap: bool,
+        ndob: bool,
+    },
+    ReportLuns {
+        alloc_len: u32,
+    },
     ReportSupportedOpcodes(OpcodeQuery),
 }
 
@@ -330,7 +355,11 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, Sense> {
             let c: Rw6 = decode(cdb)?;
             reserved(c.lba[0], 0xe0, 1)?;
             let lba = u64::from(u32::from_be_bytes([0, c.lba[0] & 0x1f, c.lba[1], c.lba[2]]));
-            let blocks = if c.length == 0 { 256 } else { u32::from(c.length) };
+            let blocks = if c.length == 0 {
+                256
+            } else {
+                u32::from(c.length)
+            };
             let transfer = Transfer {
                 lba,
                 blocks,
@@ -514,7 +543,11 @@ pub const SUPPORTED_OPCODES: &[(u8, Option<u8>, u16)] = &[
     (WRITE_SAME_16, None, 16),
     (SERVICE_ACTION_IN_16, Some(SAI_READ_CAPACITY_16), 16),
     (REPORT_LUNS, None, 12),
-    (MAINTENANCE_IN, Some(MI_REPORT_SUPPORTED_OPERATION_CODES), 12),
+    (
+        MAINTENANCE_IN,
+        Some(MI_REPORT_SUPPORTED_OPERATION_CODES),
+        12,
+    ),
     (READ_12, None, 12),
     (WRITE_12, None, 12),
 ];
@@ -643,7 +676,19 @@ mod tests {
 
     #[test]
     fn mode_sense10_decodes_llbaa_dbd_and_page() {
-        let c = parse_cdb(&cdb(&[MODE_SENSE_10, 0x18, 0x48, 0, 0, 0, 0, 0x01, 0x00, 0])).unwrap();
+        let c = parse_cdb(&cdb(&[
+            MODE_SENSE_10,
+            0x18,
+            0x48,
+            0,
+            0,
+            0,
+            0,
+            0x01,
+            0x00,
+            0,
+        ]))
+        .unwrap();
         assert_eq!(
             c,
             Command::ModeSense(ModeSense {
@@ -663,7 +708,10 @@ mod tests {
         let mut raw = [0u8; 16];
         raw[0] = SERVICE_ACTION_IN_16;
         raw[1] = 0x11;
-        assert_eq!(parse_cdb(&cdb(&raw)).unwrap_err(), Sense::invalid_field_in_cdb(1));
+        assert_eq!(
+            parse_cdb(&cdb(&raw)).unwrap_err(),
+            Sense::invalid_field_in_cdb(1)
+        );
         raw[1] = 0x10;
         raw[13] = 32;
         assert_eq!(
@@ -694,7 +742,10 @@ mod tests {
             }
         );
         raw[1] = 0x04; // ANCHOR
-        assert_eq!(parse_cdb(&cdb(&raw)).unwrap_err(), Sense::invalid_field_in_cdb(1));
+        assert_eq!(
+            parse_cdb(&cdb(&raw)).unwrap_err(),
+            Sense::invalid_field_in_cdb(1)
+        );
     }
 
     #[test]
@@ -721,13 +772,20 @@ mod tests {
         raw[0] = MAINTENANCE_IN;
         raw[1] = MI_REPORT_SUPPORTED_OPERATION_CODES;
         raw[2] = 0x80;
-        assert_eq!(parse_cdb(&cdb(&raw)).unwrap_err(), Sense::invalid_field_in_cdb(2));
+        assert_eq!(
+            parse_cdb(&cdb(&raw)).unwrap_err(),
+            Sense::invalid_field_in_cdb(2)
+        );
     }
 
     #[test]
     fn every_supported_opcode_has_a_cdb_length_matching_its_group() {
         for &(opcode, _, len) in SUPPORTED_OPCODES {
-            assert_eq!(cdb_len(opcode), Some(usize::from(len)), "opcode {opcode:#x}");
+            assert_eq!(
+                cdb_len(opcode),
+                Some(usize::from(len)),
+                "opcode {opcode:#x}"
+            );
         }
     }
 }

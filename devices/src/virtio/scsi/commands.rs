@@ -29,15 +29,30 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum IoPlan {
     /// Read `len` bytes at `offset` into the data-in buffers.
-    Read { offset: u64, len: u64 },
+    Read {
+        offset: u64,
+        len: u64,
+    },
     /// Write `len` bytes from the data-out buffers at `offset`.
-    Write { offset: u64, len: u64, fua: bool },
+    Write {
+        offset: u64,
+        len: u64,
+        fua: bool,
+    },
     Flush,
     /// Discard each `(offset, len)`.
     Discard(Vec<(u64, u64)>),
-    WriteZeroes { offset: u64, len: u64, unmap: bool },
+    WriteZeroes {
+        offset: u64,
+        len: u64,
+        unmap: bool,
+    },
     /// Write `pattern` (one block) repeatedly over `len` bytes at `offset`.
-    WritePattern { offset: u64, len: u64, pattern: Vec<u8> },
+    WritePattern {
+        offset: u64,
+        len: u64,
+        pattern: Vec<u8>,
+    },
 }
 
 /// Vendor and product strings of standard INQUIRY data.
@@ -698,7 +713,10 @@ mod tests {
 
     #[test]
     fn read_capacity_10_and_16() {
-        let d = data(run_cdb(&geometry(), &[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]));
+        let d = data(run_cdb(
+            &geometry(),
+            &[READ_CAPACITY_10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ));
         assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 2047);
         assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 512);
         let d = data(run_cdb(&geometry(), &rc16(32)));
@@ -859,7 +877,10 @@ mod tests {
     #[test]
     fn synchronize_cache_flushes() {
         assert_eq!(
-            run_cdb(&geometry(), &[SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            run_cdb(
+                &geometry(),
+                &[SYNCHRONIZE_CACHE_10, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+            ),
             Outcome::Io(IoPlan::Flush)
         );
         let mut raw = vec![0u8; 16];
@@ -952,7 +973,13 @@ mod tests {
         );
         let mut no_discard = geometry();
         no_discard.discard = false;
-        let out = execute(&no_discard, &mut ready(), &write_same_cdb(0x09, 0, 1), &[], &[0]);
+        let out = execute(
+            &no_discard,
+            &mut ready(),
+            &write_same_cdb(0x09, 0, 1),
+            &[],
+            &[0],
+        );
         assert_eq!(
             out,
             Outcome::Io(IoPlan::WriteZeroes {
@@ -966,7 +993,13 @@ mod tests {
     #[test]
     fn write_same_with_pattern_and_errors() {
         let g = geometry();
-        let out = execute(&g, &mut ready(), &write_same_cdb(0, 0, 2), &[7u8; 512], &[0]);
+        let out = execute(
+            &g,
+            &mut ready(),
+            &write_same_cdb(0, 0, 2),
+            &[7u8; 512],
+            &[0],
+        );
         assert_eq!(
             out,
             Outcome::Io(IoPlan::WritePattern {
@@ -976,7 +1009,13 @@ mod tests {
             })
         );
         assert_eq!(
-            execute(&g, &mut ready(), &write_same_cdb(0, 0, 2), &[7u8; 100], &[0]),
+            execute(
+                &g,
+                &mut ready(),
+                &write_same_cdb(0, 0, 2),
+                &[7u8; 100],
+                &[0]
+            ),
             Outcome::Check(Sense::PARAMETER_LIST_LENGTH_ERROR)
         );
         assert_eq!(
@@ -1060,7 +1099,10 @@ mod tests {
             execute_without_lun(&cdb(&[TEST_UNIT_READY]), &[0]),
             Outcome::Check(Sense::LUN_NOT_SUPPORTED)
         );
-        let d = data(execute_without_lun(&cdb(&[REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]), &[0]));
+        let d = data(execute_without_lun(
+            &cdb(&[REPORT_LUNS, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]),
+            &[0],
+        ));
         assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 8);
     }
 

@@ -58,7 +58,12 @@ impl DiskGeometry {
             block_size,
             read_only: config.backend.read_only(),
             discard: config.backend.discard(),
-            serial: config.serial.chars().filter(|c| c.is_ascii_graphic()).take(20).collect(),
+            serial: config
+                .serial
+                .chars()
+                .filter(|c| c.is_ascii_graphic())
+                .take(20)
+                .collect(),
             max_transfer_blocks,
             target: config.target,
             lun: config.lun,

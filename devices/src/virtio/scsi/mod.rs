@@ -4,8 +4,16 @@
 //! per-LUN state (`disk.rs`) and the I/O interface (`backend.rs`).
 
 pub mod backend;
+pub mod block_backend;
 pub mod cdb;
 pub mod commands;
 pub mod constants;
+pub mod device;
 pub mod disk;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mem_backend;
+pub mod request;
 pub mod sense;
+
+pub use device::{ScsiSetupError, VirtioScsi, VirtioScsiConfig};
+pub use disk::ScsiDiskConfig;

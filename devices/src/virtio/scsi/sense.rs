@@ -78,7 +78,10 @@ impl Sense {
     /// INVALID FIELD IN PARAMETER LIST (26h/00h) pointing at `byte` of the data.
     pub const fn invalid_field_in_parameter_list(byte: u16) -> Sense {
         Sense {
-            field_pointer: Some(FieldPointer { in_cdb: false, byte }),
+            field_pointer: Some(FieldPointer {
+                in_cdb: false,
+                byte,
+            }),
             ..Sense::new(SENSE_KEY_ILLEGAL_REQUEST, 0x26, 0x00)
         }
     }
@@ -133,7 +136,10 @@ mod tests {
     #[test]
     fn write_protect_and_unit_attention_keys() {
         assert_eq!(Sense::WRITE_PROTECTED.to_fixed()[2], SENSE_KEY_DATA_PROTECT);
-        assert_eq!(Sense::RESET_OCCURRED.to_fixed()[2], SENSE_KEY_UNIT_ATTENTION);
+        assert_eq!(
+            Sense::RESET_OCCURRED.to_fixed()[2],
+            SENSE_KEY_UNIT_ATTENTION
+        );
         assert_eq!(Sense::READ_ERROR.to_fixed()[2], SENSE_KEY_MEDIUM_ERROR);
     }
 }
