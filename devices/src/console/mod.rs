@@ -23,7 +23,7 @@ pub use escape::{EscapeFilter, InputEvent, ESCAPE, QUIT};
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -57,6 +57,9 @@ pub enum ConsoleError {
     /// Duplicating the socket for output failed.
     #[error("cannot duplicate the serial socket")]
     CloneSocket(#[source] io::Error),
+    /// Standard input could not be duplicated.
+    #[error("cannot duplicate standard input")]
+    DupStdin(#[source] io::Error),
     /// The terminal refused raw mode.
     #[error("cannot put the terminal in raw mode")]
     RawMode(#[source] vmm_sys_util::errno::Error),
@@ -103,14 +106,17 @@ pub struct ConsoleInput {
 }
 
 impl ConsoleInput {
-    /// The descriptor to wait on for readability.
+    /// The descriptor to wait on for readability. For `stdio` it may be a regular
+    /// file or `/dev/null` (input redirected), which epoll refuses: then read it
+    /// without waiting until `Eof`.
     pub fn fd(&self) -> RawFd {
         self.fd
     }
 
-    /// Reads what is available (one `read`) and interprets it.
+    /// Reads what is available (one unbuffered `read`, so nothing is left hidden
+    /// in a user-space buffer while the descriptor looks idle) and interprets it.
     pub fn read_event(&mut self) -> io::Result<InputEvent> {
-        let mut buffer = [0u8; 256];
+        let mut buffer = [0u8; 4096];
         let count = loop {
             match self.source.read(&mut buffer) {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -189,11 +195,19 @@ impl Console {
         } else {
             None
         };
-        let fd = stdin.as_raw_fd();
+        // Read through a duplicate of fd 0 as a plain `File`: `Stdin` buffers, and
+        // bytes held in its buffer would be invisible to the poller.
+        let unbuffered = File::from(
+            stdin
+                .as_fd()
+                .try_clone_to_owned()
+                .map_err(ConsoleError::DupStdin)?,
+        );
+        let fd = unbuffered.as_raw_fd();
         Ok(Self {
             output: Some(Box::new(io::stdout())),
             input: Some(ConsoleInput {
-                source: Box::new(stdin),
+                source: Box::new(unbuffered),
                 fd,
                 filter: Some(EscapeFilter::new()),
             }),

@@ -405,3 +405,64 @@ fn hostile_random_sequences_never_panic_and_keep_buffer_equal_to_storage() {
     bank.flash.reset();
     assert!(bank.flash.romd());
 }
+
+/// The sequences EDK2's VirtNorFlashDxe issues, with its addressing: commands to
+/// the block or word address, status read at the bank base, buffered-program
+/// confirm at the bank base, and read-array at the end.
+#[test]
+fn firmware_driver_sequences_work_end_to_end() {
+    let mut bank = writable_bank();
+    let block = 5 * ERASE_BLOCK_SIZE;
+    let dual = |cmd: u32| (cmd << 16) | cmd;
+
+    // Is the block locked? Read-ID at block + word 2.
+    write32(&mut bank.flash, block + 8, dual(0x90));
+    assert_eq!(read32(&mut bank.flash, block + 8) & 0x0001_0001, 0);
+
+    // Erase, poll status at the base, back to read array.
+    write32(&mut bank.flash, block, dual(0x20));
+    write32(&mut bank.flash, block, dual(0xD0));
+    write32(&mut bank.flash, 0, dual(0x70));
+    assert_eq!(read32(&mut bank.flash, 0) & 0x0080_0080, 0x0080_0080);
+    write32(&mut bank.flash, 0, dual(0xFF));
+
+    // Buffered program of 32 words (128 bytes), confirm sent to the base.
+    let target = block + 0x80;
+    write32(&mut bank.flash, target, dual(0xE8));
+    assert_eq!(read32(&mut bank.flash, target) & 0x80, 0x80);
+    write32(&mut bank.flash, target, dual(31));
+    for word in 0..32u64 {
+        write32(
+            &mut bank.flash,
+            target + word * 4,
+            0xC0DE_0000 | word as u32,
+        );
+    }
+    write32(&mut bank.flash, 0, dual(0xD0));
+    write32(&mut bank.flash, 0, dual(0x70));
+    let status = read32(&mut bank.flash, 0);
+    assert_eq!(status & 0x0030_0030, 0, "no error bits: {status:#x}");
+    write32(&mut bank.flash, 0, dual(0x50));
+    write32(&mut bank.flash, 0, dual(0xFF));
+
+    // Single word program of a word that only clears bits.
+    write32(&mut bank.flash, block + 4, dual(0x40));
+    write32(&mut bank.flash, block + 4, 0x1234_5678);
+    write32(&mut bank.flash, 0, dual(0x70));
+    assert_eq!(read32(&mut bank.flash, 0), 0x0080_0080);
+    write32(&mut bank.flash, 0, dual(0x50));
+    write32(&mut bank.flash, 0, dual(0xFF));
+
+    assert!(bank.flash.romd());
+    assert_eq!(read32(&mut bank.flash, block), 0xFFFF_FFFF);
+    assert_eq!(read32(&mut bank.flash, block + 4), 0x1234_5678);
+    assert_eq!(read32(&mut bank.flash, target + 31 * 4), 0xC0DE_001F);
+    let stored = bank.storage.bytes();
+    assert_eq!(
+        &stored[(target + 4) as usize..][..4],
+        &0xC0DE_0001u32.to_le_bytes()
+    );
+    // ROMD went off and on once for ID-then-erase (the driver sends no read-array
+    // in between), once for the buffered program, once for the word program.
+    assert_eq!(bank.romd.calls(), [false, true].repeat(3));
+}
