@@ -15,11 +15,14 @@
 //!
 //! The VMM passes [`Console::output`] to the PL011 and registers
 //! [`ConsoleInput::fd`] with its event loop; when readable it calls
-//! [`ConsoleInput::read_event`] and pushes the bytes with `Pl011::enqueue_input`.
+//! [`ConsoleInput::read_event`] and pushes the bytes with `Pl011::enqueue_input`;
+//! [`InputPump`] does that last part without losing bytes when the FIFO is full.
 
 mod escape;
+mod pump;
 
 pub use escape::{EscapeFilter, InputEvent, ESCAPE, QUIT};
+pub use pump::{InputPump, PumpOutcome};
 
 use std::fs::File;
 use std::io::{self, IsTerminal, Read, Write};
