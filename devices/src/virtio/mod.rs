@@ -4,6 +4,8 @@
 pub mod device;
 pub mod mmio;
 pub mod scsi;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 
 pub use device::{ActivateError, VirtioDevice, VirtioInterrupt};
 pub use mmio::MmioTransport;

@@ -315,29 +315,16 @@ impl VirtioScsi {
         bytes
     }
 
-    /// Queues an event for the driver (e.g. VIRTIO_SCSI_T_TRANSPORT_RESET on
-    /// hot-unplug). Delivered when the driver has an event buffer posted; when
-    /// too many wait, the oldest are dropped and the next event delivered
-    /// carries VIRTIO_SCSI_T_EVENTS_MISSED.
-    pub fn post_event(&self, event: u32, target: u8, lun: u16, reason: u32) {
-        let mut bytes = [0u8; VIRTIO_SCSI_EVENT_SIZE as usize];
-        bytes[0..4].copy_from_slice(&event.to_le_bytes());
-        bytes[4] = 1;
-        bytes[5] = target;
-        bytes[6] = 0x40 | ((lun >> 8) as u8 & 0x3f);
-        bytes[7] = lun as u8;
-        bytes[12..16].copy_from_slice(&reason.to_le_bytes());
-        let mut state = self.shared.lock();
-        state.pending_events.push_back(bytes);
-        while state.pending_events.len() > MAX_PENDING_EVENTS {
-            state.pending_events.pop_front();
-            state.events_dropped = true;
-        }
-        drop(state);
-        // Deliver on the iothread, like every other queue operation.
-        if let Err(e) = self.kick_fds[EVENT_QUEUE].write(1) {
-            warn!("virtio-scsi: cannot kick the event queue: {e}");
-        }
+    /// A handle that queues events for the driver from any thread (for
+    /// hot-unplug and tests); it stays valid after the device moved into its
+    /// transport.
+    pub fn event_sender(&self) -> Result<ScsiEventSender, ScsiSetupError> {
+        Ok(ScsiEventSender {
+            shared: Arc::clone(&self.shared),
+            kick: self.kick_fds[EVENT_QUEUE]
+                .try_clone()
+                .map_err(ScsiSetupError::KickEventFd)?,
+        })
     }
 
     fn unregister_kicks(&mut self) {
@@ -482,6 +469,40 @@ impl VirtioDevice for VirtioScsi {
 impl Drop for VirtioScsi {
     fn drop(&mut self) {
         self.unregister_kicks();
+    }
+}
+
+/// Queues events on a controller's event queue (see [`VirtioScsi::event_sender`]).
+pub struct ScsiEventSender {
+    shared: Arc<Shared>,
+    kick: EventFd,
+}
+
+impl ScsiEventSender {
+    /// Queues an event (e.g. VIRTIO_SCSI_T_TRANSPORT_RESET on hot-unplug).
+    /// Delivered on the iothread when the driver has an event buffer posted;
+    /// when more than 16 wait, the oldest are dropped and the next event
+    /// delivered carries VIRTIO_SCSI_T_EVENTS_MISSED. Events pending at a
+    /// device reset are discarded with it.
+    pub fn post(&self, event: u32, target: u8, lun: u16, reason: u32) {
+        let mut bytes = [0u8; VIRTIO_SCSI_EVENT_SIZE as usize];
+        bytes[0..4].copy_from_slice(&event.to_le_bytes());
+        bytes[4] = 1;
+        bytes[5] = target;
+        bytes[6] = 0x40 | ((lun >> 8) as u8 & 0x3f);
+        bytes[7] = lun as u8;
+        bytes[12..16].copy_from_slice(&reason.to_le_bytes());
+        let mut state = self.shared.lock();
+        state.pending_events.push_back(bytes);
+        while state.pending_events.len() > MAX_PENDING_EVENTS {
+            state.pending_events.pop_front();
+            state.events_dropped = true;
+        }
+        drop(state);
+        // Deliver on the iothread, like every other queue operation.
+        if let Err(e) = self.kick.write(1) {
+            warn!("virtio-scsi: cannot kick the event queue: {e}");
+        }
     }
 }
 

@@ -15,5 +15,5 @@ pub mod mem_backend;
 pub mod request;
 pub mod sense;
 
-pub use device::{ScsiSetupError, VirtioScsi, VirtioScsiConfig};
+pub use device::{ScsiEventSender, ScsiSetupError, VirtioScsi, VirtioScsiConfig};
 pub use disk::ScsiDiskConfig;

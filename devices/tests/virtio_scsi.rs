@@ -1,0 +1,685 @@
+//! virtio-scsi through the mock guest driver: commands, data paths, many
+//! requests in flight, several disks, task management, events, interrupts and
+//! reset — all served by a real iothread on a real `AioContext`.
+
+mod virtio_scsi_common;
+
+use std::sync::Arc;
+
+use devices::virtio::scsi::mem_backend::{CompletionMode, Recorded};
+use devices::virtio::scsi::{ScsiDiskConfig, VirtioScsi, VirtioScsiConfig};
+use devices::virtio::testing::{lun_bytes, Buf, MockDriver, ScsiRequestBuilder};
+use devices::virtio::MmioTransport;
+use event_loop::{AioContext, IoThread};
+use virtio_scsi_common::*;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+const CONTROL_QUEUE: usize = 0;
+const EVENT_QUEUE: usize = 1;
+
+fn config_u32(rig: &mut Rig, offset: u64) -> u32 {
+    rig.driver.read_reg(0x100 + offset)
+}
+
+#[test]
+fn config_space_reports_queues_sizes_and_limits() {
+    let mut rig = Rig::with_config(
+        vec![Disk::simple(CompletionMode::Inline)],
+        VirtioScsiConfig {
+            num_request_queues: 3,
+            queue_size: QUEUE_SIZE,
+            ..Default::default()
+        },
+    );
+    assert_eq!(rig.driver.read_reg(0x008), 8, "device id SCSI");
+    assert_eq!(config_u32(&mut rig, 0), 3, "num_queues");
+    assert_eq!(
+        config_u32(&mut rig, 4),
+        u32::from(QUEUE_SIZE) - 2,
+        "seg_max"
+    );
+    assert_eq!(config_u32(&mut rig, 8), 0xffff, "max_sectors");
+    assert_eq!(config_u32(&mut rig, 16), 16, "event_info_size");
+    assert_eq!(config_u32(&mut rig, 20), 96, "sense_size");
+    assert_eq!(config_u32(&mut rig, 24), 32, "cdb_size");
+    assert_eq!(config_u32(&mut rig, 28) & 0xffff, 0, "max_channel");
+    assert_eq!(config_u32(&mut rig, 28) >> 16, 255, "max_target");
+    assert_eq!(config_u32(&mut rig, 32), 16383, "max_lun");
+    // Every request queue serves commands.
+    for queue in 2..5 {
+        let r = rig.command_on(queue, lun_bytes(0, 0), &[0x12, 0, 0, 0, 36, 0], &[], 36);
+        assert_eq!((r.response, r.status), (0, 0), "queue {queue}");
+        assert_eq!(&r.data_in[8..16], b"HANGAR  ");
+    }
+}
+
+#[test]
+fn inquiry_then_unit_attention_then_ready() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    let r = rig.command(0, 0, &[0x12, 0, 0, 0, 96, 0], &[], 96);
+    assert_eq!((r.response, r.status), (0, 0));
+    assert_eq!(r.data_in.len(), 36);
+    assert_eq!(r.resid, 96 - 36);
+    rig.clear_unit_attention(0, 0);
+    let r = rig.command(0, 0, &[0x00, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!((r.response, r.status), (0, 0));
+    assert!(r.sense.is_empty());
+}
+
+#[test]
+fn write_then_read_back_through_guest_memory() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+    let r = rig.command(0, 0, &write10(16, 8, true), &pattern, 0);
+    assert_eq!((r.response, r.status), (0, 0));
+    assert_eq!(
+        &rig.disks[0].contents()[16 * 512..16 * 512 + 4096],
+        &pattern[..]
+    );
+    assert!(rig.disks[0].recorded().contains(&Recorded::Write {
+        offset: 8192,
+        len: 4096,
+        fua: true
+    }));
+    let r = rig.command(0, 0, &read10(16, 8), &[], 4096 + 512);
+    assert_eq!((r.response, r.status), (0, 0));
+    assert_eq!(r.data_in, pattern);
+    assert_eq!(r.resid, 512, "residual is the unused data-in");
+}
+
+#[test]
+fn read_capacity_mode_sense_and_sync_cache() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    let r = rig.command(0, 0, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    assert_eq!(
+        u32::from_be_bytes(r.data_in[0..4].try_into().unwrap()),
+        (8 << 20) / 512 - 1
+    );
+    let r = rig.command(0, 0, &[0x1a, 0, 0x3f, 0, 255, 0], &[], 255);
+    assert_eq!(r.status, 0);
+    assert_eq!(r.data_in[2] & 0x80, 0, "not write protected");
+    let r = rig.command(0, 0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(r.status, 0);
+    assert!(rig.disks[0].recorded().contains(&Recorded::Flush));
+}
+
+#[test]
+fn unmap_and_write_same_reach_the_disk_as_discards() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    rig.disks[0].fill(0, &[0xaa; 8192]);
+    let mut params = vec![0u8; 8];
+    params[0..2].copy_from_slice(&38u16.to_be_bytes());
+    params[2..4].copy_from_slice(&32u16.to_be_bytes());
+    for (lba, blocks) in [(0u64, 2u32), (4, 2)] {
+        params.extend_from_slice(&lba.to_be_bytes());
+        params.extend_from_slice(&blocks.to_be_bytes());
+        params.extend_from_slice(&[0; 4]);
+    }
+    let r = rig.command(0, 0, &[0x42, 0, 0, 0, 0, 0, 0, 0, 40, 0], &params, 0);
+    assert_eq!((r.response, r.status), (0, 0));
+    let contents = rig.disks[0].contents();
+    assert!(contents[..1024].iter().all(|&b| b == 0));
+    assert!(contents[1024..2048].iter().all(|&b| b == 0xaa));
+    assert!(contents[2048..3072].iter().all(|&b| b == 0));
+    let mut ws = vec![0x93, 0x09];
+    ws.extend_from_slice(&8u64.to_be_bytes());
+    ws.extend_from_slice(&4u32.to_be_bytes());
+    ws.extend_from_slice(&[0, 0]);
+    let r = rig.command(0, 0, &ws, &[], 0);
+    assert_eq!((r.response, r.status), (0, 0));
+    assert!(rig.disks[0].recorded().contains(&Recorded::WriteZeroes {
+        offset: 4096,
+        len: 2048,
+        unmap: true
+    }));
+    // WRITE SAME with a pattern writes it to every block.
+    let mut ws = vec![0x93, 0x00];
+    ws.extend_from_slice(&20u64.to_be_bytes());
+    ws.extend_from_slice(&3u32.to_be_bytes());
+    ws.extend_from_slice(&[0, 0]);
+    let r = rig.command(0, 0, &ws, &[0x5a; 512], 0);
+    assert_eq!((r.response, r.status), (0, 0));
+    assert!(rig.disks[0].contents()[20 * 512..23 * 512]
+        .iter()
+        .all(|&b| b == 0x5a));
+}
+
+#[test]
+fn io_error_reaches_the_guest_as_medium_error() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    rig.disks[0].set_failing(true);
+    let r = rig.command(0, 0, &read10(0, 1), &[], 512);
+    assert_eq!((r.response, r.status), (0, 2));
+    assert_eq!(
+        (r.sense[2], r.sense[12]),
+        (0x03, 0x11),
+        "MEDIUM ERROR / UNRECOVERED READ"
+    );
+    assert_eq!(r.used_len, 108, "no data-in counted on failure");
+    let r = rig.command(0, 0, &write10(0, 1, false), &[1; 512], 0);
+    assert_eq!(
+        (r.sense[2], r.sense[12]),
+        (0x03, 0x0c),
+        "MEDIUM ERROR / WRITE ERROR"
+    );
+    let r = rig.command(0, 0, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(
+        (r.status, r.sense[2]),
+        (2, 0x03),
+        "failed flush is reported"
+    );
+    rig.disks[0].set_failing(false);
+    let r = rig.command(0, 0, &read10(0, 1), &[], 512);
+    assert_eq!(r.status, 0, "device recovers");
+}
+
+#[test]
+fn read_only_disk_refuses_writes_and_shows_wp() {
+    let mut rig = Rig::new(vec![Disk {
+        read_only: true,
+        ..Disk::simple(CompletionMode::Inline)
+    }]);
+    rig.clear_unit_attention(0, 0);
+    let r = rig.command(0, 0, &write10(0, 1, false), &[1; 512], 0);
+    assert_eq!((r.status, r.sense[2], r.sense[12]), (2, 0x07, 0x27));
+    assert!(
+        rig.disks[0].recorded().is_empty(),
+        "nothing reached the disk"
+    );
+    let r = rig.command(0, 0, &[0x5a, 0, 0x08, 0, 0, 0, 0, 0, 255, 0], &[], 255);
+    assert_eq!(r.data_in[3] & 0x80, 0x80, "WP in MODE SENSE(10)");
+}
+
+#[test]
+fn several_disks_as_targets_and_luns() {
+    let mut rig = Rig::new(vec![
+        Disk::simple(CompletionMode::Inline),
+        Disk {
+            lun: 1,
+            size: 1 << 20,
+            ..Disk::simple(CompletionMode::Inline)
+        },
+        Disk {
+            target: 2,
+            lun: 300,
+            size: 2 << 20,
+            read_only: true,
+            ..Disk::simple(CompletionMode::Inline)
+        },
+    ]);
+    let r = rig.command(0, 0, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[], 256);
+    assert_eq!(r.status, 0, "REPORT LUNS is exempt from unit attention");
+    assert_eq!(u32::from_be_bytes(r.data_in[0..4].try_into().unwrap()), 16);
+    assert_eq!(&r.data_in[8..10], &[0, 0]);
+    assert_eq!(&r.data_in[16..18], &[0, 1]);
+    for (target, lun, blocks) in [(0u8, 0u16, 16384u32), (0, 1, 2048), (2, 300, 4096)] {
+        rig.clear_unit_attention(target, lun);
+        let r = rig.command(target, lun, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+        assert_eq!(
+            u32::from_be_bytes(r.data_in[0..4].try_into().unwrap()),
+            blocks - 1,
+            "{target}:{lun}"
+        );
+    }
+    // A missing LUN on an existing target: qualifier 3, LUN NOT SUPPORTED.
+    let r = rig.command(0, 5, &[0x12, 0, 0, 0, 36, 0], &[], 36);
+    assert_eq!((r.response, r.data_in[0]), (0, 0x7f));
+    let r = rig.command(0, 5, &read10(0, 1), &[], 512);
+    assert_eq!((r.status, r.sense[12]), (2, 0x25));
+    // A missing target: BAD_TARGET.
+    let r = rig.command(1, 0, &[0x12, 0, 0, 0, 36, 0], &[], 36);
+    assert_eq!(r.response, 3);
+    // Writes land on the right image only.
+    rig.command(0, 1, &write10(0, 1, false), &[0x11; 512], 0);
+    assert!(rig.disks[1].contents()[..512].iter().all(|&b| b == 0x11));
+    assert!(rig.disks[0].contents()[..512].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn many_requests_in_flight_complete_out_of_submission_order() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Deferred)]);
+    // Clearing the UA needs no I/O.
+    rig.clear_unit_attention(0, 0);
+    for block in 0..40u32 {
+        rig.disks[0].fill(block as usize * 512, &[block as u8; 512]);
+    }
+    let mut slots = Vec::new();
+    for (i, block) in (0..40u32).rev().enumerate() {
+        let slot = ScsiRequestBuilder::submit(
+            &mut rig.driver,
+            REQUEST_QUEUE,
+            lun_bytes(0, 0),
+            i as u64,
+            &read10(block, 1),
+            &[],
+            512,
+        )
+        .expect("free descriptors");
+        slots.push((block, slot));
+        if i % 10 == 9 {
+            rig.driver.kick(REQUEST_QUEUE);
+        }
+    }
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while rig.disks[0].pending() < 40 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watchdog: requests not submitted"
+        );
+        std::thread::yield_now();
+    }
+    assert!(
+        rig.driver.take_used(REQUEST_QUEUE).is_empty(),
+        "nothing completes before the disk"
+    );
+    assert_eq!(rig.complete_deferred(0), 40);
+    let used = rig.driver.wait_used(REQUEST_QUEUE, 40, TIMEOUT);
+    for (head, len) in used {
+        let (block, slot) = slots
+            .iter()
+            .find(|(_, s)| s.head == head)
+            .expect("known head");
+        let r = ScsiRequestBuilder::response(&rig.driver, slot, len);
+        assert_eq!((r.response, r.status), (0, 0));
+        assert_eq!(r.data_in, vec![*block as u8; 512], "block {block}");
+    }
+    assert_eq!(
+        rig.driver.free_descriptors(REQUEST_QUEUE),
+        usize::from(QUEUE_SIZE)
+    );
+}
+
+#[test]
+fn event_idx_suppresses_interrupts_until_the_driver_asks() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    rig.driver.interrupts();
+    // used_event is now the current used index: the next completion interrupts.
+    ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 1, &[0; 6], &[], 0).unwrap();
+    rig.driver.kick(2);
+    wait_used_idx(&mut rig, 2);
+    assert_eq!(rig.driver.interrupts(), 1);
+    // The driver has not consumed it (used_event unchanged): no interrupt.
+    ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 2, &[0; 6], &[], 0).unwrap();
+    rig.driver.kick(2);
+    wait_used_idx(&mut rig, 3);
+    assert_eq!(rig.driver.interrupts(), 0, "suppressed by EVENT_IDX");
+    assert_eq!(rig.driver.take_used(2).len(), 2);
+    ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 3, &[0; 6], &[], 0).unwrap();
+    rig.driver.kick(2);
+    rig.driver.wait_used(2, 1, TIMEOUT);
+    assert_eq!(rig.driver.interrupts(), 1);
+    assert_eq!(
+        rig.driver.read_reg(0x60) & 1,
+        1,
+        "InterruptStatus used-ring bit"
+    );
+    rig.driver.write_reg(0x64, 1);
+    assert_eq!(rig.driver.read_reg(0x60), 0, "acknowledged");
+}
+
+fn wait_used_idx(rig: &mut Rig, want: u16) {
+    let used_idx_addr =
+        GuestAddress(devices::virtio::testing::RING_BASE + 2 * 0x1_0000 + 0x3000 + 2);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let idx: u16 = rig.driver.mem.read_obj(used_idx_addr).unwrap();
+        if idx == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watchdog: used idx {idx}, want {want}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+fn control(rig: &mut Rig, request: &[u8], response_len: u32) -> (u32, Vec<u8>) {
+    let req = rig.driver.alloc(request.len() as u64);
+    rig.driver.mem.write_slice(request, req).unwrap();
+    let resp = rig.driver.alloc(u64::from(response_len));
+    let head = rig
+        .driver
+        .add_chain(
+            CONTROL_QUEUE,
+            &[
+                Buf {
+                    addr: req,
+                    len: request.len() as u32,
+                    writable: false,
+                },
+                Buf {
+                    addr: resp,
+                    len: response_len,
+                    writable: true,
+                },
+            ],
+        )
+        .unwrap();
+    rig.driver.kick(CONTROL_QUEUE);
+    let used = rig.driver.wait_used(CONTROL_QUEUE, 1, TIMEOUT);
+    assert_eq!(used[0].0, head);
+    let mut bytes = vec![0u8; response_len as usize];
+    rig.driver.mem.read_slice(&mut bytes, resp).unwrap();
+    (used[0].1, bytes)
+}
+
+fn tmf(subtype: u32, lun: [u8; 8], id: u64) -> Vec<u8> {
+    let mut r = vec![0u8; 24];
+    r[4..8].copy_from_slice(&subtype.to_le_bytes());
+    r[8..16].copy_from_slice(&lun);
+    r[16..24].copy_from_slice(&id.to_le_bytes());
+    r
+}
+
+#[test]
+fn logical_unit_reset_raises_unit_attention() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    let (len, resp) = control(&mut rig, &tmf(5, lun_bytes(0, 0), 0), 1);
+    assert_eq!((len, resp[0]), (1, 0), "FUNCTION COMPLETE");
+    rig.clear_unit_attention(0, 0);
+    let (_, resp) = control(&mut rig, &tmf(4, lun_bytes(0, 0), 0), 1);
+    assert_eq!(resp[0], 0, "I_T NEXUS RESET");
+    rig.clear_unit_attention(0, 0);
+    let (_, resp) = control(&mut rig, &tmf(5, lun_bytes(9, 0), 0), 1);
+    assert_eq!(resp[0], 3, "BAD_TARGET");
+    let (_, resp) = control(&mut rig, &tmf(5, lun_bytes(0, 7), 0), 1);
+    assert_eq!(resp[0], 12, "INCORRECT_LUN");
+    let (_, resp) = control(&mut rig, &tmf(2, lun_bytes(0, 0), 0), 1);
+    assert_eq!(resp[0], 11, "CLEAR ACA rejected");
+}
+
+#[test]
+fn abort_task_waits_for_the_in_flight_request() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Deferred)]);
+    rig.clear_unit_attention(0, 0);
+    let slot = ScsiRequestBuilder::submit(
+        &mut rig.driver,
+        2,
+        lun_bytes(0, 0),
+        77,
+        &read10(0, 1),
+        &[],
+        512,
+    )
+    .unwrap();
+    rig.driver.kick(2);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while rig.disks[0].pending() < 1 {
+        assert!(std::time::Instant::now() < deadline, "watchdog");
+        std::thread::yield_now();
+    }
+    // QUERY TASK sees it.
+    let (_, resp) = control(&mut rig, &tmf(6, lun_bytes(0, 0), 77), 1);
+    assert_eq!(resp[0], 10, "FUNCTION SUCCEEDED: task exists");
+    // ABORT TASK is answered only after the task finished.
+    let req = rig.driver.alloc(24);
+    rig.driver
+        .mem
+        .write_slice(&tmf(0, lun_bytes(0, 0), 77), req)
+        .unwrap();
+    let resp = rig.driver.alloc(1);
+    rig.driver
+        .add_chain(
+            CONTROL_QUEUE,
+            &[
+                Buf {
+                    addr: req,
+                    len: 24,
+                    writable: false,
+                },
+                Buf {
+                    addr: resp,
+                    len: 1,
+                    writable: true,
+                },
+            ],
+        )
+        .unwrap();
+    rig.driver.kick(CONTROL_QUEUE);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(
+        rig.driver.take_used(CONTROL_QUEUE).is_empty(),
+        "abort answered early"
+    );
+    rig.complete_deferred(0);
+    let used = rig.driver.wait_used(2, 1, TIMEOUT);
+    assert_eq!(used[0].0, slot.head);
+    let ctl = rig.driver.wait_used(CONTROL_QUEUE, 1, TIMEOUT);
+    assert_eq!(ctl[0].1, 1);
+    let (_, resp) = control(&mut rig, &tmf(6, lun_bytes(0, 0), 77), 1);
+    assert_eq!(resp[0], 0, "task gone");
+}
+
+#[test]
+fn async_notification_query_and_subscribe_are_answered_empty() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    for kind in [1u32, 2] {
+        let mut req = vec![0u8; 16];
+        req[0..4].copy_from_slice(&kind.to_le_bytes());
+        req[4..12].copy_from_slice(&lun_bytes(0, 0));
+        req[12..16].copy_from_slice(&0x10u32.to_le_bytes());
+        let (len, resp) = control(&mut rig, &req, 5);
+        assert_eq!(len, 5);
+        assert_eq!(
+            u32::from_le_bytes(resp[0..4].try_into().unwrap()),
+            0,
+            "no events"
+        );
+        assert_eq!(resp[4], 0, "OK");
+    }
+}
+
+#[test]
+fn events_are_delivered_and_drops_are_reported() {
+    let ctx = AioContext::new().unwrap();
+    let iothread = IoThread::spawn("events", Arc::clone(&ctx)).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let backend = Arc::new(devices::virtio::scsi::mem_backend::MemBackend::new(
+        1 << 20,
+        false,
+        false,
+        CompletionMode::Inline,
+    ));
+    let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let irq = irqfd.try_clone().unwrap();
+    let device = VirtioScsi::new(
+        VirtioScsiConfig::default(),
+        vec![ScsiDiskConfig {
+            target: 0,
+            lun: 0,
+            serial: "ev".into(),
+            backend,
+        }],
+        Arc::clone(&ctx),
+        mem.clone(),
+        irqfd,
+    )
+    .unwrap();
+    let events = device.event_sender().unwrap();
+    let mut driver = MockDriver::new(mem, MmioTransport::new(Box::new(device)), irq);
+    driver.init(3, 64, true);
+    // Post more events than are kept while the driver has no buffer posted.
+    for i in 0..20u32 {
+        events.post(1, 0, 0, i);
+    }
+    let mut bufs = Vec::new();
+    for _ in 0..20 {
+        let addr = driver.alloc(16);
+        bufs.push(addr);
+        driver
+            .add_chain(
+                EVENT_QUEUE,
+                &[Buf {
+                    addr,
+                    len: 16,
+                    writable: true,
+                }],
+            )
+            .unwrap();
+    }
+    driver.kick(EVENT_QUEUE);
+    let used = driver.wait_used(EVENT_QUEUE, 16, TIMEOUT);
+    assert_eq!(used.len(), 16, "only the kept events are delivered");
+    let mut first = [0u8; 16];
+    driver
+        .mem
+        .read_slice(&mut first, bufs[usize::from(used[0].0)])
+        .unwrap();
+    let kind = u32::from_le_bytes(first[0..4].try_into().unwrap());
+    assert_eq!(kind, 0x8000_0001, "TRANSPORT_RESET with EVENTS_MISSED");
+    assert_eq!(
+        u32::from_le_bytes(first[12..16].try_into().unwrap()),
+        4,
+        "oldest kept reason"
+    );
+    let mut second = [0u8; 16];
+    driver
+        .mem
+        .read_slice(&mut second, bufs[usize::from(used[1].0)])
+        .unwrap();
+    assert_eq!(
+        u32::from_le_bytes(second[0..4].try_into().unwrap()),
+        1,
+        "flag reported once"
+    );
+    iothread.stop();
+}
+
+#[test]
+fn device_reset_returns_to_initial_state_and_reinitialises() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    rig.driver.write_reg(0x100 + 20, 32);
+    assert_eq!(
+        rig.driver.read_reg(0x100 + 20),
+        32,
+        "driver-written sense_size"
+    );
+    rig.driver.write_reg(0x70, 0);
+    assert_eq!(rig.driver.read_reg(0x70), 0);
+    assert_eq!(
+        rig.driver.read_reg(0x100 + 20),
+        96,
+        "config back to defaults"
+    );
+    rig.driver.write_reg(0x30, 2);
+    assert_eq!(rig.driver.read_reg(0x44), 0, "queue not ready after reset");
+    assert_eq!(rig.driver.init(3, QUEUE_SIZE, true), 0xf);
+    rig.clear_unit_attention(0, 0);
+    let r = rig.command(0, 0, &read10(0, 1), &[], 512);
+    assert_eq!(r.status, 0);
+}
+
+#[test]
+fn mmio_queue_notify_is_served_on_the_iothread() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    ScsiRequestBuilder::submit(
+        &mut rig.driver,
+        2,
+        lun_bytes(0, 0),
+        1,
+        &[0x12, 0, 0, 0, 36, 0],
+        &[],
+        36,
+    )
+    .unwrap();
+    rig.driver.kick_mmio(2);
+    let used = rig.driver.wait_used(2, 1, TIMEOUT);
+    assert_eq!(used[0].1, 108 + 36);
+}
+
+#[test]
+fn real_block_backend_on_a_file_with_32_in_flight() {
+    use block::{BlockBackend, BlockOptions};
+    use std::io::Write;
+    let ctx = AioContext::new().unwrap();
+    let iothread = IoThread::spawn("blk", Arc::clone(&ctx)).unwrap();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    let mut image = vec![0u8; 4 << 20];
+    for (i, chunk) in image.chunks_mut(4096).enumerate() {
+        chunk.fill(i as u8);
+    }
+    file.write_all(&image).unwrap();
+    file.flush().unwrap();
+    let backend = Arc::new(
+        BlockBackend::open(file.path(), &BlockOptions::default(), Arc::clone(&ctx)).unwrap(),
+    );
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let irq = irqfd.try_clone().unwrap();
+    let device = VirtioScsi::new(
+        VirtioScsiConfig {
+            queue_size: 128,
+            ..Default::default()
+        },
+        vec![ScsiDiskConfig {
+            target: 0,
+            lun: 0,
+            serial: "file".into(),
+            backend: backend.clone(),
+        }],
+        Arc::clone(&ctx),
+        mem.clone(),
+        irqfd,
+    )
+    .unwrap();
+    let mut driver = MockDriver::new(mem, MmioTransport::new(Box::new(device)), irq);
+    assert_eq!(driver.init(3, 128, true), 0xf);
+    // Power-on unit attention.
+    ScsiRequestBuilder::submit(&mut driver, 2, lun_bytes(0, 0), 0, &[0; 6], &[], 0).unwrap();
+    driver.kick(2);
+    driver.wait_used(2, 1, TIMEOUT);
+    driver.reset_alloc();
+    // 32 reads of 4 KiB in flight, then check every buffer.
+    let mut slots = Vec::new();
+    for i in 0..32u32 {
+        let chunk = (i * 13) % 1024;
+        let slot = ScsiRequestBuilder::submit(
+            &mut driver,
+            2,
+            lun_bytes(0, 0),
+            u64::from(i),
+            &read10(chunk * 8, 8),
+            &[],
+            4096,
+        )
+        .unwrap();
+        slots.push((chunk, slot));
+    }
+    driver.kick(2);
+    let used = driver.wait_used(2, 32, TIMEOUT);
+    for (head, len) in used {
+        let (chunk, slot) = slots.iter().find(|(_, s)| s.head == head).unwrap();
+        let r = ScsiRequestBuilder::response(&driver, slot, len);
+        assert_eq!((r.response, r.status), (0, 0));
+        assert_eq!(r.data_in, vec![*chunk as u8; 4096]);
+    }
+    driver.reset_alloc();
+    // A FUA write reaches the file.
+    let slot = ScsiRequestBuilder::submit(
+        &mut driver,
+        2,
+        lun_bytes(0, 0),
+        99,
+        &write10(0, 8, true),
+        &[0xcd; 4096],
+        0,
+    )
+    .unwrap();
+    driver.kick(2);
+    let used = driver.wait_used(2, 1, TIMEOUT);
+    let r = ScsiRequestBuilder::response(&driver, &slot, used[0].1);
+    assert_eq!(r.status, 0);
+    let on_disk = std::fs::read(file.path()).unwrap();
+    assert!(on_disk[..4096].iter().all(|&b| b == 0xcd));
+    drop(driver);
+    iothread.stop();
+}
