@@ -37,10 +37,10 @@ const CHIP_BLOCK_SIZE: u64 = ERASE_BLOCK_SIZE / CHIPS;
 const CHIP_BLOCKS: u64 = CHIP_SIZE / CHIP_BLOCK_SIZE;
 
 /// The per-chip CFI query table, indexed by query word address.
-pub const QUERY_TABLE: [u8; 0x40] = build_query_table();
+pub const QUERY_TABLE: [u8; 0x44] = build_query_table();
 
-const fn build_query_table() -> [u8; 0x40] {
-    let mut t = [0u8; 0x40];
+const fn build_query_table() -> [u8; 0x44] {
+    let mut t = [0u8; 0x44];
     // Query identification string.
     t[0x10] = b'Q';
     t[0x11] = b'R';
@@ -93,6 +93,14 @@ const fn build_query_table() -> [u8; 0x40] {
     // Optimum Vcc 3.3 V, no Vpp.
     t[0x3D] = 0x33;
     t[0x3E] = 0x00;
+    // One protection register field (at ID word 0x80, 2^3 factory and 2^3 user
+    // bytes). It is described, not implemented (it reads as zeros), but parsers
+    // of version 1.0 tables expect at least one field.
+    t[0x3F] = 0x01;
+    t[0x40] = 0x80;
+    t[0x41] = 0x00;
+    t[0x42] = 0x03;
+    t[0x43] = 0x03;
     t
 }
 
@@ -158,7 +166,8 @@ mod tests {
 
     #[test]
     fn words_past_the_table_read_zero() {
-        assert_eq!(query_word(0x40), 0);
+        assert_eq!(query_word(0x43), 3);
+        assert_eq!(query_word(0x44), 0);
         assert_eq!(query_word(u64::MAX), 0);
     }
 }
