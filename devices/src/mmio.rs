@@ -106,6 +106,29 @@ mod tests {
     }
 
     #[test]
+    fn platform_devices_fit_the_bus_slot_type() {
+        use std::sync::{Arc, Mutex};
+        let rtc: Arc<Mutex<dyn MmioDevice + Send>> =
+            Arc::new(Mutex::new(crate::pl031::Pl031::new()));
+        let uart: Arc<Mutex<dyn MmioDevice + Send>> =
+            Arc::new(Mutex::new(crate::pl011::Pl011::new(
+                Box::new(std::io::sink()),
+                Arc::new(crate::irq::RecordingIrqLine::new()),
+            )));
+        let flash: Arc<Mutex<dyn MmioDevice + Send>> = Arc::new(Mutex::new(
+            crate::pflash::Pflash::new("code", &[0xAB; 4], crate::pflash::BankAccess::ReadOnly)
+                .unwrap(),
+        ));
+        let mut word = [0u8; 4];
+        flash.lock().unwrap().read(0, &mut word);
+        assert_eq!(word, [0xAB; 4]);
+        uart.lock().unwrap().read(0xFE0, &mut word);
+        assert_eq!(word, [0x11, 0, 0, 0]);
+        rtc.lock().unwrap().read(0xFE0, &mut word);
+        assert_eq!(word, [0x31, 0, 0, 0]);
+    }
+
+    #[test]
     fn rate_limiter_logs_first_ten_then_sparsely() {
         let limiter = RateLimitedWarn::new();
         let logged = (0..5000).filter(|_| limiter.should_log()).count();
