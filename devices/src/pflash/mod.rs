@@ -195,11 +195,14 @@ impl Pflash {
             .get_slice(0, BANK_SIZE as usize)
             .expect("a new region holds the whole bank");
         whole.copy_from(image);
-        let padding = vec![0xFFu8; (BANK_SIZE - len) as usize];
-        whole
-            .offset(image.len())
-            .expect("image length was checked against the bank")
-            .copy_from(&padding);
+        // Erased flash reads as ones; fill the rest a chunk at a time.
+        let erased = [0xFFu8; 64 << 10];
+        let mut at = image.len();
+        while at < BANK_SIZE as usize {
+            let rest = whole.offset(at).expect("offset stays inside the bank");
+            at += rest.len().min(erased.len());
+            rest.copy_from(&erased);
+        }
         Ok(Self {
             name: name.to_string(),
             region: Arc::new(region),
