@@ -479,3 +479,316 @@ impl MmioDevice for MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
+
+    use super::*;
+    use crate::virtio::device::{ActivateError, VirtioInterrupt, INTERRUPT_USED_RING};
+
+    #[derive(Default)]
+    struct Log {
+        activations: Vec<(u64, Vec<bool>)>,
+        resets: usize,
+        config_writes: Vec<(u64, Vec<u8>)>,
+    }
+
+    struct FakeDevice {
+        sizes: Vec<u16>,
+        kicks: Vec<EventFd>,
+        interrupt: VirtioInterrupt,
+        log: Arc<Mutex<Log>>,
+        fail_activation: bool,
+    }
+
+    impl VirtioDevice for FakeDevice {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &self.sizes
+        }
+        fn device_features(&self) -> u64 {
+            1 << 3
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            for (i, b) in data.iter_mut().enumerate() {
+                *b = (offset as u8).wrapping_add(i as u8);
+            }
+        }
+        fn write_config(&mut self, offset: u64, data: &[u8]) {
+            self.log
+                .lock()
+                .unwrap()
+                .config_writes
+                .push((offset, data.to_vec()));
+        }
+        fn activate(
+            &mut self,
+            features: u64,
+            queues: Vec<Option<Queue>>,
+        ) -> Result<(), ActivateError> {
+            let ready = queues.iter().map(Option::is_some).collect();
+            self.log.lock().unwrap().activations.push((features, ready));
+            if self.fail_activation {
+                Err(ActivateError::InvalidQueue { index: 0 })
+            } else {
+                Ok(())
+            }
+        }
+        fn reset(&mut self) {
+            self.log.lock().unwrap().resets += 1;
+        }
+        fn queue_kick_fds(&self) -> &[EventFd] {
+            &self.kicks
+        }
+        fn interrupt(&self) -> &VirtioInterrupt {
+            &self.interrupt
+        }
+    }
+
+    fn transport(fail_activation: bool) -> (MmioTransport, Arc<Mutex<Log>>) {
+        let log = Arc::new(Mutex::new(Log::default()));
+        let device = FakeDevice {
+            sizes: vec![16, 32],
+            kicks: (0..2)
+                .map(|_| EventFd::new(EFD_NONBLOCK).unwrap())
+                .collect(),
+            interrupt: VirtioInterrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()),
+            log: Arc::clone(&log),
+            fail_activation,
+        };
+        (MmioTransport::new(Box::new(device)), log)
+    }
+
+    fn rd(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut d = [0u8; 4];
+        t.read(offset, &mut d);
+        u32::from_le_bytes(d)
+    }
+
+    fn wr(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    fn negotiate(t: &mut MmioTransport, features: u64) -> u32 {
+        wr(t, STATUS, STATUS_ACKNOWLEDGE);
+        wr(t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(t, DRIVER_FEATURES_SEL, 0);
+        wr(t, DRIVER_FEATURES, features as u32);
+        wr(t, DRIVER_FEATURES_SEL, 1);
+        wr(t, DRIVER_FEATURES, (features >> 32) as u32);
+        wr(
+            t,
+            STATUS,
+            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
+        );
+        rd(t, STATUS)
+    }
+
+    fn setup_queue(t: &mut MmioTransport, index: u32, size: u32) {
+        wr(t, QUEUE_SEL, index);
+        wr(t, QUEUE_NUM, size);
+        wr(t, QUEUE_DESC_LOW, 0x1000);
+        wr(t, QUEUE_DRIVER_LOW, 0x2000);
+        wr(t, QUEUE_DEVICE_LOW, 0x3000);
+        wr(t, QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identification_registers() {
+        let (mut t, _) = transport(false);
+        assert_eq!(rd(&mut t, MAGIC_VALUE), 0x7472_6976);
+        assert_eq!(rd(&mut t, VERSION), 2);
+        assert_eq!(rd(&mut t, DEVICE_ID), 42);
+        assert_eq!(rd(&mut t, VENDOR_ID), MMIO_VENDOR_ID);
+        assert_eq!(
+            rd(&mut t, SHM_LEN_LOW),
+            u32::MAX,
+            "no shared memory regions"
+        );
+        assert_eq!(rd(&mut t, SHM_LEN_HIGH), u32::MAX);
+    }
+
+    #[test]
+    fn feature_windows_offer_version_1_and_event_idx() {
+        let (mut t, _) = transport(false);
+        wr(&mut t, DEVICE_FEATURES_SEL, 0);
+        let low = rd(&mut t, DEVICE_FEATURES);
+        assert_eq!(low & (1 << 29), 1 << 29, "EVENT_IDX");
+        assert_eq!(low & (1 << 28), 1 << 28, "INDIRECT_DESC");
+        assert_eq!(low & (1 << 3), 1 << 3, "device feature");
+        wr(&mut t, DEVICE_FEATURES_SEL, 1);
+        assert_eq!(rd(&mut t, DEVICE_FEATURES), 1, "VERSION_1");
+        wr(&mut t, DEVICE_FEATURES_SEL, 7);
+        assert_eq!(rd(&mut t, DEVICE_FEATURES), 0);
+    }
+
+    #[test]
+    fn features_ok_requires_version_1_and_only_offered_bits() {
+        let (mut t, _) = transport(false);
+        assert_eq!(
+            negotiate(&mut t, 0) & STATUS_FEATURES_OK,
+            0,
+            "legacy driver refused"
+        );
+        wr(&mut t, STATUS, 0);
+        assert_eq!(
+            negotiate(&mut t, VIRTIO_F_VERSION_1 | (1 << 40)) & STATUS_FEATURES_OK,
+            0,
+            "unoffered feature refused"
+        );
+        wr(&mut t, STATUS, 0);
+        let status = negotiate(
+            &mut t,
+            VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX | (1 << 3),
+        );
+        assert_ne!(status & STATUS_FEATURES_OK, 0);
+        // Features are frozen after FEATURES_OK.
+        wr(&mut t, DRIVER_FEATURES_SEL, 0);
+        wr(&mut t, DRIVER_FEATURES, 0);
+        assert_eq!(t.driver_features & (1 << 3), 1 << 3);
+    }
+
+    #[test]
+    fn driver_ok_activates_with_ready_queues_and_event_idx() {
+        let (mut t, log) = transport(false);
+        let features = VIRTIO_F_VERSION_1 | VIRTIO_F_RING_EVENT_IDX;
+        negotiate(&mut t, features);
+        setup_queue(&mut t, 1, 32);
+        wr(&mut t, STATUS, 0xf);
+        assert_eq!(rd(&mut t, STATUS), 0xf);
+        let log = log.lock().unwrap();
+        assert_eq!(log.activations, vec![(features, vec![false, true])]);
+    }
+
+    #[test]
+    fn queue_registers_and_limits() {
+        let (mut t, _) = transport(false);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        wr(&mut t, QUEUE_SEL, 0);
+        assert_eq!(rd(&mut t, QUEUE_NUM_MAX), 16);
+        wr(&mut t, QUEUE_SEL, 1);
+        assert_eq!(rd(&mut t, QUEUE_NUM_MAX), 32);
+        wr(&mut t, QUEUE_SEL, 9);
+        assert_eq!(rd(&mut t, QUEUE_NUM_MAX), 0, "missing queue");
+        wr(&mut t, QUEUE_READY, 1);
+        assert_eq!(rd(&mut t, QUEUE_READY), 0);
+        // Bad sizes are refused.
+        wr(&mut t, QUEUE_SEL, 0);
+        wr(&mut t, QUEUE_NUM, 12);
+        assert_eq!(t.queues[0].size(), 16, "not a power of two");
+        wr(&mut t, QUEUE_NUM, 64);
+        assert_eq!(t.queues[0].size(), 16, "above max");
+        wr(&mut t, QUEUE_NUM, 8);
+        assert_eq!(t.queues[0].size(), 8);
+        // High address halves.
+        wr(&mut t, QUEUE_DESC_HIGH, 1);
+        assert_eq!(t.queues[0].desc_table(), 1 << 32);
+        wr(&mut t, QUEUE_READY, 1);
+        // Ready queue: configuration frozen.
+        wr(&mut t, QUEUE_NUM, 4);
+        assert_eq!(t.queues[0].size(), 8);
+        assert_eq!(rd(&mut t, QUEUE_READY), 1);
+        wr(&mut t, STATUS, 0xf);
+        wr(&mut t, QUEUE_READY, 0);
+        assert_eq!(rd(&mut t, QUEUE_READY), 1, "frozen after DRIVER_OK");
+    }
+
+    #[test]
+    fn status_bits_cannot_be_cleared_and_driver_ok_needs_features_ok() {
+        let (mut t, log) = transport(false);
+        wr(&mut t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+        wr(&mut t, STATUS, STATUS_ACKNOWLEDGE);
+        assert_eq!(rd(&mut t, STATUS), 3, "clearing ignored");
+        wr(&mut t, STATUS, 3 | STATUS_DRIVER_OK);
+        assert_eq!(
+            rd(&mut t, STATUS),
+            3,
+            "DRIVER_OK without FEATURES_OK ignored"
+        );
+        assert!(log.lock().unwrap().activations.is_empty());
+        wr(&mut t, STATUS, 3 | STATUS_FAILED);
+        assert_eq!(rd(&mut t, STATUS), 3 | STATUS_FAILED);
+    }
+
+    #[test]
+    fn failed_activation_sets_needs_reset_and_reset_clears_everything() {
+        let (mut t, log) = transport(true);
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 0, 16);
+        wr(&mut t, STATUS, 0xf);
+        assert_eq!(rd(&mut t, STATUS), 0xf | STATUS_DEVICE_NEEDS_RESET);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 2, "config change raised");
+        wr(&mut t, STATUS, 0);
+        assert_eq!(rd(&mut t, STATUS), 0);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
+        assert_eq!(log.lock().unwrap().resets, 1);
+        wr(&mut t, QUEUE_SEL, 0);
+        assert_eq!(rd(&mut t, QUEUE_READY), 0);
+        assert_eq!(t.queues[0].size(), 16);
+        assert_eq!(t.queues[0].desc_table(), 0);
+        assert_eq!(t.driver_features, 0);
+    }
+
+    #[test]
+    fn interrupt_status_and_ack() {
+        let (mut t, _) = transport(false);
+        t.device().interrupt().raise(INTERRUPT_USED_RING);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 1);
+        assert_eq!(t.irqfd().read().unwrap(), 1, "irqfd signalled");
+        t.config_changed();
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 3);
+        assert_eq!(rd(&mut t, CONFIG_GENERATION), 1);
+        wr(&mut t, INTERRUPT_ACK, 1);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 2);
+        wr(&mut t, INTERRUPT_ACK, 2);
+        assert_eq!(rd(&mut t, INTERRUPT_STATUS), 0);
+    }
+
+    #[test]
+    fn config_space_passes_through_at_any_width() {
+        let (mut t, log) = transport(false);
+        let mut one = [0u8; 1];
+        t.read(CONFIG + 5, &mut one);
+        assert_eq!(one[0], 5);
+        let mut eight = [0u8; 8];
+        t.read(CONFIG + 8, &mut eight);
+        assert_eq!(eight, [8, 9, 10, 11, 12, 13, 14, 15]);
+        t.write(CONFIG + 20, &[1, 2]);
+        assert_eq!(log.lock().unwrap().config_writes, vec![(20, vec![1, 2])]);
+    }
+
+    #[test]
+    fn bad_widths_unknown_offsets_and_read_only_writes_are_ignored() {
+        let (mut t, _) = transport(false);
+        let mut two = [0xffu8; 2];
+        t.read(MAGIC_VALUE, &mut two);
+        assert_eq!(two, [0, 0]);
+        t.write(STATUS, &[1, 0]);
+        assert_eq!(rd(&mut t, STATUS), 0);
+        assert_eq!(rd(&mut t, 0x0e0), 0);
+        wr(&mut t, MAGIC_VALUE, 5);
+        assert_eq!(rd(&mut t, MAGIC_VALUE), MMIO_MAGIC_VALUE);
+        wr(&mut t, STATUS + 1, 1);
+        assert_eq!(rd(&mut t, STATUS), 0);
+    }
+
+    #[test]
+    fn queue_notify_forwards_to_the_kick_eventfd_only_when_live() {
+        let (mut t, _) = transport(false);
+        wr(&mut t, QUEUE_NOTIFY, 1);
+        let kick = t.queue_kick_fds().nth(1).unwrap().1.try_clone().unwrap();
+        assert!(kick.read().is_err(), "not live yet: no kick");
+        negotiate(&mut t, VIRTIO_F_VERSION_1);
+        setup_queue(&mut t, 1, 32);
+        wr(&mut t, STATUS, 0xf);
+        wr(&mut t, QUEUE_NOTIFY, 1);
+        assert_eq!(kick.read().unwrap(), 1);
+        wr(&mut t, QUEUE_NOTIFY, 7);
+        assert_eq!(t.queue_kick_fds().count(), 2);
+    }
+}
