@@ -15,3 +15,41 @@ need_kvm() {
     step kvm-device
     [ -c /dev/kvm ] || fail "/dev/kvm is missing: is the emulator run with virtualization=on?"
 }
+
+# wait_for PATTERN FILE SECONDS: until FILE contains PATTERN (fixed string).
+wait_for() {
+    _deadline=$(( $(now_ms) + $3 * 1000 ))
+    while ! grep -qF -- "$1" "$2" 2>/dev/null; do
+        [ "$(now_ms)" -lt "$_deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+# console_tail FILE: the last bytes of a console log, control characters removed.
+console_tail() { tail -c "${2:-1500}" "$1" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g' | tr -d '\r\000'; }
+
+# start_hangar OUT ARGS...: runs hangar with its console input fed from fd 3
+# (write shell commands with `type_line`) and its output in OUT.
+start_hangar() {
+    _out="$1"; shift
+    rm -f /tmp/console-in; mkfifo /tmp/console-in
+    hangar "$@" < /tmp/console-in > "$_out" 2>&1 &
+    HANGAR_PID=$!
+    exec 3>/tmp/console-in
+}
+
+# type_line TEXT: types TEXT and Enter on the console, slowly enough for the
+# UEFI shell, which reads its input a key at a time.
+type_line() {
+    printf '%s\r' "$1" >&3
+}
+
+# wait_exit SECONDS: waits for hangar to end; sets HANGAR_STATUS.
+wait_exit() {
+    _deadline=$(( $(now_ms) + $1 * 1000 ))
+    while kill -0 "$HANGAR_PID" 2>/dev/null; do
+        [ "$(now_ms)" -lt "$_deadline" ] || { HANGAR_STATUS=timeout; return 1; }
+        sleep 0.2
+    done
+    wait "$HANGAR_PID"; HANGAR_STATUS=$?
+}

@@ -1,9 +1,14 @@
 //! The `hangar` command line: subcommands, options, and turning errors into
 //! one-line messages for people.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
 
-/// Hangar: a small aarch64 KVM virtual machine monitor that boots UEFI firmware.
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::FirmwareChoice;
+
+/// Hangar: a small aarch64 KVM virtual machine monitor that boots UEFI firmware
+/// (EDK2/AAVMF for QEMU's `virt` machine) with persistent variables.
 #[derive(Debug, Parser)]
 #[command(name = "hangar", version, about, long_about = None)]
 pub struct Cli {
@@ -17,11 +22,71 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Boot UEFI firmware in a new VM.
+    ///
+    /// The firmware's code goes in flash bank 0 (read-only), its variable store
+    /// in flash bank 1; variables the firmware writes land in the --vars file and
+    /// survive reboots (in place: the guest's reset keeps this process) and
+    /// restarts. The guest's power-off ends hangar with status 0.
+    ///
+    /// Examples:
+    ///   hangar run                                 # AAVMF from /usr/share/qemu/firmware
+    ///   hangar run --cpus 2 --memory 1G --vars my-vars.fd
+    ///   hangar run --firmware CODE.fd --vars VARS.fd --serial file:console.log
+    ///
+    /// On the console (stdio on a terminal), Ctrl-A x quits and Ctrl-A Ctrl-A
+    /// sends a literal Ctrl-A.
+    #[command(verbatim_doc_comment)]
+    Run(RunArgs),
     /// Check that this host can run aarch64 KVM guests: runs a five-instruction
     /// guest that stores 0xcafef00d to 0x09000000 and prints the MMIO exit.
     ///
     /// Example: hangar selftest
     Selftest,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Number of vCPUs (secondaries start powered off; the firmware or OS
+    /// brings them up with PSCI CPU_ON).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub cpus: u32,
+
+    /// Guest RAM, with a K/M/G suffix (at least 128M).
+    #[arg(long, default_value = "512M", value_name = "SIZE")]
+    pub memory: String,
+
+    /// Firmware code image (flash bank 0), or `auto` to find the non-secure-boot
+    /// aarch64 UEFI image through QEMU's firmware descriptors
+    /// (/etc/qemu/firmware, /usr/share/qemu/firmware). Images shorter than the
+    /// 64 MiB bank are padded.
+    #[arg(long, default_value = "auto", value_name = "auto|PATH")]
+    pub firmware: FirmwareChoice,
+
+    /// This VM's UEFI variable store (flash bank 1). An existing file is used as
+    /// is; a missing one is created from the firmware's template (the template
+    /// itself is never written). Default: a per-VM file in
+    /// $XDG_STATE_HOME/hangar/NAME/VARS.fd.
+    #[arg(long, value_name = "PATH")]
+    pub vars: Option<PathBuf>,
+
+    /// Where the serial console (PL011) goes: `stdio`, `file:PATH` (output
+    /// only) or `unix:PATH` (connect to a listening socket).
+    #[arg(
+        long,
+        default_value = "stdio",
+        value_name = "stdio|file:PATH|unix:PATH"
+    )]
+    pub serial: String,
+
+    /// A disk on the virtio-scsi controller (repeatable):
+    /// path=IMG[,readonly=on][,aio=threads|io_uring][,cache=writeback|none][,discard=unmap|ignore]
+    #[arg(long, value_name = "path=IMG[,...]")]
+    pub disk: Vec<String>,
+
+    /// The VM's name: names its state directory.
+    #[arg(long, default_value = "default")]
+    pub name: String,
 }
 
 /// Log level from `-v` count; `RUST_LOG` wins when set.
@@ -37,7 +102,7 @@ pub fn init_logging(verbose: u8) {
         .init();
 }
 
-/// Prints an error and its chain of causes on one line.
+/// An error and its chain of causes on one line.
 pub fn format_error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
@@ -47,4 +112,34 @@ pub fn format_error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults_match_the_documented_contract() {
+        let cli = Cli::try_parse_from(["hangar", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.cpus, 1);
+        assert_eq!(args.memory, "512M");
+        assert_eq!(args.firmware, FirmwareChoice::Auto);
+        assert_eq!(args.serial, "stdio");
+        assert!(args.vars.is_none());
+    }
+
+    #[test]
+    fn unknown_option_is_an_error_naming_it() {
+        let err = Cli::try_parse_from(["hangar", "run", "--cpu", "2"]).unwrap_err();
+        assert!(err.to_string().contains("--cpu"), "{err}");
+    }
 }

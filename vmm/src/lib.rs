@@ -3,10 +3,17 @@
 //! line and the boot-loop reproducer.
 //!
 //! Owns: everything that touches KVM and wires devices to the guest.
-//! Must not be depended on by any other Hangar crate. All aarch64 specifics live
-//! in `arch::aarch64`; everything else compiles on any host so the workspace
-//! builds and lints on x86_64 too.
+//! Must not be depended on by any other Hangar crate. aarch64 specifics live in
+//! `arch::aarch64`; the machine itself is built only on aarch64 hosts, while the
+//! command line, configuration checks, bus and device tree build (and are
+//! tested) everywhere.
 
 pub mod arch;
+pub mod bus;
 pub mod cli;
+pub mod config;
+#[cfg(target_arch = "aarch64")]
+pub mod machine;
+pub mod run;
 pub mod selftest;
+pub mod vcpu;

@@ -7,6 +7,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
     match cli.command {
+        Command::Run(args) => match vmm::run::run(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("hangar: {}", format_error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         Command::Selftest => match vmm::selftest::run() {
             Ok(report) => {
                 println!("{report}");

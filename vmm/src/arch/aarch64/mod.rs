@@ -1,5 +1,14 @@
-//! Everything that knows it runs on an aarch64 host: registers, the memory map,
-//! the device tree, the GIC.
+//! Everything that knows the guest is aarch64: the memory map, the device tree,
+//! core registers, and (on an aarch64 host) the GIC, vCPU set-up and the KVM
+//! smoke guest.
 
+pub mod fdt;
+pub mod layout;
 pub mod regs;
+
+#[cfg(target_arch = "aarch64")]
+pub mod gic;
+#[cfg(target_arch = "aarch64")]
 pub mod smoke;
+#[cfg(target_arch = "aarch64")]
+pub mod vcpu;

@@ -1,0 +1,419 @@
+//! The machine: builds a QEMU-`virt`-shaped aarch64 VM around the devices,
+//! runs its vCPU threads, and handles power events.
+//!
+//! Lifetimes: devices, the iothread and the variable store live as long as the
+//! `Machine`; the KVM VM, its guest memory, the GIC and the vCPU threads live for
+//! one boot. A PSCI SYSTEM_RESET ends a boot and starts the next one in the same
+//! process (devices reset, flash back in read-array mode, device tree copied
+//! again); SYSTEM_OFF, the console's quit sequence, SIGTERM or SIGINT end the
+//! machine after in-flight writes completed and the variable store is flushed.
+
+mod console;
+mod flash;
+mod vm_slot;
+
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use block::{BlockBackend, BlockOptions};
+use devices::console::Console;
+use devices::pflash::{BankAccess, Pflash};
+use devices::pl011::Pl011;
+use devices::pl031::Pl031;
+use event_loop::{AioContext, IoThread};
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::Kvm;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::arch::aarch64::{fdt, gic::Gic, layout, vcpu as arch_vcpu};
+use crate::bus::MmioBus;
+use crate::config::{ResolvedFirmware, RunConfig};
+use crate::vcpu::{install_kick_handler, VcpuHandle, VmEvent};
+use flash::BlockFlashStorage;
+use vm_slot::{FlashSlot, KvmIrqLine, VmSlot};
+
+const SLOT_RAM: u32 = 0;
+const SLOT_FLASH0: u32 = 1;
+const SLOT_FLASH1: u32 = 2;
+
+/// How the machine ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// The guest powered off (PSCI SYSTEM_OFF).
+    PowerOff,
+    /// The console's quit sequence.
+    Quit,
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("opening /dev/kvm")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("creating the KVM VM")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("allocating {0} MiB of guest memory")]
+    Memory(u64, #[source] vm_memory::mmap::FromRangesError),
+    #[error("registering memory slot {0}")]
+    MemorySlot(u32, #[source] kvm_ioctls::Error),
+    #[error("creating vCPU {0}")]
+    CreateVcpu(u64, #[source] kvm_ioctls::Error),
+    #[error("initialising vCPU {0}")]
+    InitVcpu(u64, #[source] arch_vcpu::VcpuInitError),
+    #[error("starting vCPU thread {0}")]
+    SpawnVcpu(u64, #[source] std::io::Error),
+    #[error("creating the interrupt controller")]
+    Gic(#[from] crate::arch::aarch64::gic::GicError),
+    #[error(transparent)]
+    Fdt(#[from] fdt::FdtError),
+    #[error("writing the device tree to guest memory")]
+    WriteFdt(#[source] vm_memory::GuestMemoryError),
+    #[error("starting the iothread")]
+    IoThread(#[source] event_loop::Error),
+    #[error("reading firmware")]
+    Firmware(#[from] firmware::FirmwareError),
+    #[error("opening variable store {path}")]
+    OpenVars {
+        path: std::path::PathBuf,
+        #[source]
+        source: block::BlockError,
+    },
+    #[error("creating flash bank {0}")]
+    Flash(&'static str, #[source] devices::pflash::PflashError),
+    #[error("opening the serial console")]
+    Console(#[from] devices::console::ConsoleError),
+    #[error("installing signal handlers")]
+    Signals(#[source] vmm_sys_util::errno::Error),
+    #[error("vCPU {vcpu}: {message}")]
+    VcpuFailed { vcpu: u64, message: String },
+    #[error("MMIO layout")]
+    Bus(#[from] crate::bus::OverlapError),
+}
+
+/// The first SIGTERM/SIGINT received (0 = none).
+static TERMINATE: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn handle_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // Async-signal-safe: one atomic store, read by the machine's wait loop.
+    let _ = TERMINATE.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
+}
+
+pub struct Machine {
+    cfg: RunConfig,
+    kvm: Kvm,
+    iothread: Option<IoThread>,
+    vm: VmSlot,
+    flash0: Arc<Mutex<Pflash>>,
+    flash0_slot: Arc<FlashSlot>,
+    flash1: Arc<Mutex<Pflash>>,
+    flash1_slot: Arc<FlashSlot>,
+    vars: Arc<BlockBackend>,
+    uart: Arc<Mutex<Pl011>>,
+    rtc: Arc<Mutex<Pl031>>,
+    events_tx: Sender<VmEvent>,
+    events_rx: Receiver<VmEvent>,
+    /// Keeps the terminal in raw mode while the machine lives.
+    _console: Console,
+    pub boots: u32,
+}
+
+impl Machine {
+    /// Builds devices and the iothread; no VM exists yet.
+    pub fn new(cfg: RunConfig, fw: ResolvedFirmware) -> Result<Machine, MachineError> {
+        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
+        let ctx = AioContext::new().map_err(MachineError::IoThread)?;
+        let iothread =
+            IoThread::spawn("iothread", Arc::clone(&ctx)).map_err(MachineError::IoThread)?;
+        let vm = VmSlot::default();
+
+        let code = fw.code.read()?;
+        let mut flash0 = Pflash::new("flash0", &code, BankAccess::ReadOnly)
+            .map_err(|e| MachineError::Flash("0 (code)", e))?;
+        let vars = Arc::new(
+            BlockBackend::open(&fw.vars.path, &BlockOptions::default(), Arc::clone(&ctx)).map_err(
+                |source| MachineError::OpenVars {
+                    path: fw.vars.path.clone(),
+                    source,
+                },
+            )?,
+        );
+        let mut image = vec![0u8; fw.vars.size as usize];
+        vars.pread(0, &mut image)
+            .map_err(|source| MachineError::OpenVars {
+                path: fw.vars.path.clone(),
+                source,
+            })?;
+        let storage = BlockFlashStorage {
+            backend: Arc::clone(&vars),
+        };
+        let mut flash1 = Pflash::new("flash1", &image, BankAccess::Writable(Box::new(storage)))
+            .map_err(|e| MachineError::Flash("1 (vars)", e))?;
+
+        let flash0_slot = Arc::new(FlashSlot {
+            vm: vm.clone(),
+            slot: SLOT_FLASH0,
+            guest_addr: layout::FLASH0_BASE,
+            region: flash0.region(),
+        });
+        let flash1_slot = Arc::new(FlashSlot {
+            vm: vm.clone(),
+            slot: SLOT_FLASH1,
+            guest_addr: layout::FLASH1_BASE,
+            region: flash1.region(),
+        });
+        flash0.set_romd_control(flash0_slot.clone());
+        flash1.set_romd_control(flash1_slot.clone());
+
+        let mut console = Console::open(&cfg.serial)?;
+        let output = console
+            .take_output()
+            .unwrap_or_else(|| Box::new(std::io::sink()));
+        let uart_irq = Arc::new(KvmIrqLine {
+            vm: vm.clone(),
+            spi: layout::UART_SPI,
+        });
+        let uart = Arc::new(Mutex::new(Pl011::new(output, uart_irq)));
+        let (events_tx, events_rx) = mpsc::channel();
+        if let Some(input) = console.take_input() {
+            console::attach_input(&ctx, input, Arc::clone(&uart), events_tx.clone())
+                .map_err(MachineError::IoThread)?;
+        }
+
+        install_kick_handler().map_err(MachineError::Signals)?;
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            vmm_sys_util::signal::register_signal_handler(sig, handle_terminate)
+                .map_err(MachineError::Signals)?;
+        }
+
+        Ok(Machine {
+            cfg,
+            kvm,
+            iothread: Some(iothread),
+            vm,
+            flash0: Arc::new(Mutex::new(flash0)),
+            flash0_slot,
+            flash1: Arc::new(Mutex::new(flash1)),
+            flash1_slot,
+            vars,
+            uart,
+            rtc: Arc::new(Mutex::new(Pl031::new())),
+            events_tx,
+            events_rx,
+            _console: console,
+            boots: 0,
+        })
+    }
+
+    /// Boots until the guest powers off, the user quits, or a signal arrives.
+    pub fn run(&mut self) -> Result<Exit, MachineError> {
+        let result = loop {
+            self.boots += 1;
+            let started = Instant::now();
+            log::info!("boot {} starting", self.boots);
+            let event = match self.boot_once() {
+                Ok(event) => event,
+                Err(e) => break Err(e),
+            };
+            log::info!(
+                "boot {} ended after {:.1}s: {event:?}",
+                self.boots,
+                started.elapsed().as_secs_f64()
+            );
+            match event {
+                VmEvent::Reset => {
+                    self.flush_vars();
+                    self.reset_devices();
+                }
+                VmEvent::PowerOff => break Ok(Exit::PowerOff),
+                VmEvent::Quit => break Ok(Exit::Quit),
+                VmEvent::Terminate(sig) => break Ok(Exit::Signal(sig)),
+                VmEvent::Fatal { vcpu, message } => {
+                    break Err(MachineError::VcpuFailed { vcpu, message })
+                }
+            }
+        };
+        self.flush_vars();
+        result
+    }
+
+    /// In-flight writes complete, then fdatasync: the store is durable.
+    fn flush_vars(&self) {
+        self.vars.drain();
+        if let Err(e) = self.vars.flush() {
+            log::error!(
+                "flushing variable store {}: {e}",
+                self.vars.path().display()
+            );
+        }
+    }
+
+    fn reset_devices(&self) {
+        lock(&self.flash0).reset();
+        lock(&self.flash1).reset();
+        lock(&self.uart).reset();
+    }
+
+    fn boot_once(&mut self) -> Result<VmEvent, MachineError> {
+        let cpus = u64::from(self.cfg.cpus);
+        let vm = Arc::new(self.kvm.create_vm().map_err(MachineError::CreateVm)?);
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(layout::RAM_BASE),
+            self.cfg.memory as usize,
+        )])
+        .map_err(|e| MachineError::Memory(self.cfg.memory >> 20, e))?;
+        for region in mem.iter() {
+            let desc = kvm_userspace_memory_region {
+                slot: SLOT_RAM,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: region.as_ptr() as u64,
+            };
+            // SAFETY: `mem` outlives the VM: the VM (and every vCPU) is dropped
+            // at the end of this function before `mem` (declared earlier).
+            unsafe { vm.set_user_memory_region(desc) }
+                .map_err(|e| MachineError::MemorySlot(SLOT_RAM, e))?;
+        }
+        self.vm.set(Some(Arc::clone(&vm)));
+        let result = self.run_vm(&vm, &mem, cpus);
+        self.vm.set(None);
+        drop(vm);
+        drop(mem);
+        result
+    }
+
+    fn run_vm(
+        &mut self,
+        vm: &Arc<kvm_ioctls::VmFd>,
+        mem: &GuestMemoryMmap,
+        cpus: u64,
+    ) -> Result<VmEvent, MachineError> {
+        let romd0 = lock(&self.flash0).romd();
+        let romd1 = lock(&self.flash1).romd();
+        self.flash0_slot
+            .map(romd0)
+            .map_err(|e| MachineError::MemorySlot(SLOT_FLASH0, e))?;
+        self.flash1_slot
+            .map(romd1)
+            .map_err(|e| MachineError::MemorySlot(SLOT_FLASH1, e))?;
+
+        let entry = arch_vcpu::BootEntry {
+            pc: layout::FLASH0_BASE,
+            x0: layout::RAM_BASE,
+        };
+        let mut vcpus = Vec::new();
+        for index in 0..cpus {
+            let vcpu = vm
+                .create_vcpu(index)
+                .map_err(|e| MachineError::CreateVcpu(index, e))?;
+            arch_vcpu::init(vm, &vcpu, index, entry)
+                .map_err(|e| MachineError::InitVcpu(index, e))?;
+            vcpus.push(vcpu);
+        }
+        let gic = Gic::create(vm, cpus)?;
+
+        let blob = fdt::build(&fdt::FdtConfig {
+            vcpus: self.cfg.cpus,
+            ram_size: self.cfg.memory,
+            gic: gic.version,
+            virtio_mmio: 0,
+            bootargs: None,
+        })?;
+        mem.write_slice(&blob, GuestAddress(layout::RAM_BASE))
+            .map_err(MachineError::WriteFdt)?;
+
+        let bus = Arc::new(self.build_bus()?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        let mut spawn_error = None;
+        for (index, vcpu) in vcpus.into_iter().enumerate() {
+            match VcpuHandle::spawn(
+                index as u64,
+                vcpu,
+                Arc::clone(&bus),
+                Arc::clone(&stop),
+                self.events_tx.clone(),
+            ) {
+                Ok(h) => handles.push(h),
+                Err(e) => {
+                    spawn_error = Some(MachineError::SpawnVcpu(index as u64, e));
+                    break;
+                }
+            }
+        }
+        let event = match spawn_error {
+            Some(e) => Err(e),
+            None => Ok(self.wait_for_event()),
+        };
+        // Flag, then kick: see crate::vcpu.
+        stop.store(true, Ordering::SeqCst);
+        for h in &handles {
+            h.kick();
+        }
+        for h in handles {
+            h.join();
+        }
+        while self.events_rx.try_recv().is_ok() {}
+        drop(gic);
+        event
+    }
+
+    fn wait_for_event(&self) -> VmEvent {
+        loop {
+            match self.events_rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(event) => return event,
+                Err(RecvTimeoutError::Timeout) => {
+                    let sig = TERMINATE.load(Ordering::SeqCst);
+                    if sig != 0 {
+                        return VmEvent::Terminate(sig);
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => unreachable!("machine holds a sender"),
+            }
+        }
+    }
+
+    fn build_bus(&self) -> Result<MmioBus, MachineError> {
+        let mut bus = MmioBus::new();
+        bus.insert(
+            "flash0",
+            layout::FLASH0_BASE,
+            layout::FLASH_BANK_SIZE,
+            self.flash0.clone(),
+        )?;
+        bus.insert(
+            "flash1",
+            layout::FLASH1_BASE,
+            layout::FLASH_BANK_SIZE,
+            self.flash1.clone(),
+        )?;
+        bus.insert(
+            "pl011",
+            layout::UART_BASE,
+            layout::UART_SIZE,
+            self.uart.clone(),
+        )?;
+        bus.insert(
+            "pl031",
+            layout::RTC_BASE,
+            layout::RTC_SIZE,
+            self.rtc.clone(),
+        )?;
+        Ok(bus)
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if let Some(iothread) = self.iothread.take() {
+            iothread.stop();
+        }
+    }
+}
+
+fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
