@@ -1,0 +1,376 @@
+//! Backend behaviour one request at a time: queries, typed refusals that never reach
+//! the file, sync helpers without an iothread, and locking across processes.
+
+mod common;
+
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use block::{
+    AioMode, BlockBackend, BlockError, BlockOptions, CacheMode, DiscardMode, Op, WriteMode,
+    ZeroMode,
+};
+use common::{image_in, seg};
+use event_loop::{AioContext, IoThread};
+
+const MIB: u64 = 1 << 20;
+
+fn opts(aio: AioMode, cache: CacheMode) -> BlockOptions {
+    BlockOptions {
+        aio,
+        cache,
+        discard: DiscardMode::Unmap,
+        ..Default::default()
+    }
+}
+
+fn all_modes() -> [BlockOptions; 4] {
+    [
+        opts(AioMode::Threads, CacheMode::Writeback),
+        opts(AioMode::IoUring, CacheMode::Writeback),
+        opts(AioMode::Threads, CacheMode::None),
+        opts(AioMode::IoUring, CacheMode::None),
+    ]
+}
+
+#[test]
+fn queries_report_geometry_and_discard() {
+    let img = image_in("/var/tmp", 3 * MIB);
+    let ctx = AioContext::new().unwrap();
+    for o in all_modes() {
+        let b = BlockBackend::open(img.path(), &o, ctx.clone()).unwrap();
+        assert_eq!(b.size(), 3 * MIB);
+        assert!(b.logical_block_size() >= 512);
+        assert!(b.physical_block_size() >= b.logical_block_size());
+        assert!(b.supports_discard(), "ext4 supports hole punching");
+        assert!(!b.is_readonly());
+        drop(b);
+    }
+    let ignore = BlockOptions::default();
+    let b = BlockBackend::open(img.path(), &ignore, ctx).unwrap();
+    assert!(
+        !b.supports_discard(),
+        "discard=ignore advertises no discard"
+    );
+}
+
+#[test]
+fn sync_round_trip_in_every_mode_without_an_iothread() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    for (i, o) in all_modes().into_iter().enumerate() {
+        let b = BlockBackend::open(img.path(), &o, ctx.clone()).unwrap();
+        let data: Vec<u8> = (0..8192).map(|x| (x * 7 + i) as u8).collect();
+        // Offset 4096: aligned for O_DIRECT; the Vec itself is usually not 4 KiB
+        // aligned, so cache=none goes through the bounce buffer.
+        assert_eq!(b.pwrite(4096, &data).unwrap(), 8192);
+        b.flush().unwrap();
+        let mut back = vec![0u8; 8192];
+        assert_eq!(b.pread(4096, &mut back).unwrap(), 8192);
+        assert_eq!(back, data);
+        let mut raw = vec![0u8; 8192];
+        img.as_file().read_exact_at(&mut raw, 4096).unwrap();
+        assert_eq!(raw, data, "the data is in the file");
+    }
+}
+
+#[test]
+fn writeback_accepts_byte_granular_requests() {
+    let img = image_in("/var/tmp", 64 * 1024);
+    let ctx = AioContext::new().unwrap();
+    for aio in [AioMode::Threads, AioMode::IoUring] {
+        let b =
+            BlockBackend::open(img.path(), &opts(aio, CacheMode::Writeback), ctx.clone()).unwrap();
+        b.pwrite(1001, b"odd bytes").unwrap();
+        let mut back = [0u8; 9];
+        b.pread(1001, &mut back).unwrap();
+        assert_eq!(&back, b"odd bytes");
+    }
+}
+
+fn expect_refused(b: &BlockBackend, img: &tempfile::NamedTempFile) {
+    let before = std::fs::read(img.path()).unwrap();
+    let size = b.size();
+    let mut buf = vec![0x5au8; 8192];
+    let err = b.pwrite(size - 4096, &buf).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlockError::OutOfRange { op: Op::Write, .. } | BlockError::ReadOnly { .. }
+        ),
+        "{err:?}"
+    );
+    let err = b.pread(u64::MAX - 10, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, BlockError::OutOfRange { op: Op::Read, .. }),
+        "{err:?}"
+    );
+    let err = b.discard(size, 4096).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            BlockError::OutOfRange { .. } | BlockError::ReadOnly { .. }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(std::fs::read(img.path()).unwrap(), before, "file untouched");
+}
+
+#[test]
+fn beyond_end_requests_fail_typed_and_never_reach_the_file() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    for o in all_modes() {
+        let b = BlockBackend::open(img.path(), &o, ctx.clone()).unwrap();
+        expect_refused(&b, &img);
+    }
+}
+
+#[test]
+fn readonly_refuses_every_modification() {
+    let img = image_in("/var/tmp", MIB);
+    img.as_file().write_all_at(b"keep", 0).unwrap();
+    let ctx = AioContext::new().unwrap();
+    let o = BlockOptions {
+        readonly: true,
+        ..opts(AioMode::IoUring, CacheMode::Writeback)
+    };
+    let b = BlockBackend::open(img.path(), &o, ctx).unwrap();
+    assert!(b.is_readonly());
+    assert!(matches!(
+        b.pwrite(0, b"lost"),
+        Err(BlockError::ReadOnly { op: Op::Write })
+    ));
+    assert!(matches!(
+        b.pwrite_fua(0, b"lost"),
+        Err(BlockError::ReadOnly { op: Op::Write })
+    ));
+    assert!(matches!(
+        b.discard(0, 4096),
+        Err(BlockError::ReadOnly { op: Op::Discard })
+    ));
+    assert!(matches!(
+        b.write_zeroes(0, 4096, ZeroMode::Allocate),
+        Err(BlockError::ReadOnly {
+            op: Op::WriteZeroes
+        })
+    ));
+    b.flush().expect("flush of a read-only image is harmless");
+    let mut back = [0u8; 4];
+    b.pread(0, &mut back).unwrap();
+    assert_eq!(&back, b"keep");
+}
+
+#[test]
+fn misaligned_direct_requests_fail_typed_and_never_reach_the_file() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    for aio in [AioMode::Threads, AioMode::IoUring] {
+        let b = BlockBackend::open(img.path(), &opts(aio, CacheMode::None), ctx.clone()).unwrap();
+        let align = b.request_alignment();
+        assert!(align >= 512);
+        let before = std::fs::read(img.path()).unwrap();
+        let err = b.pwrite(1, &vec![1u8; align as usize]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BlockError::Misaligned {
+                    op: Op::Write,
+                    offset: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = b.pwrite(0, &[1u8; 100]).unwrap_err();
+        assert!(
+            matches!(err, BlockError::Misaligned { len: 100, .. }),
+            "{err:?}"
+        );
+        let mut buf = [0u8; 100];
+        assert!(matches!(
+            b.pread(0, &mut buf),
+            Err(BlockError::Misaligned { op: Op::Read, .. })
+        ));
+        assert_eq!(std::fs::read(img.path()).unwrap(), before);
+    }
+}
+
+#[test]
+fn too_many_segments_is_refused() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    let b = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).unwrap();
+    let mut buf = vec![0u8; block::MAX_SEGMENTS + 1];
+    let iov: Vec<_> = (0..buf.len()).map(|i| seg(&mut buf, i, 1)).collect();
+    let (tx, rx) = mpsc::channel();
+    b.aio_writev(0, iov, WriteMode::Normal, move |r| tx.send(r).unwrap());
+    let _g = ctx.acquire();
+    let mut result = None;
+    ctx.poll_while(|| {
+        result = rx.try_recv().ok();
+        result.is_none()
+    });
+    assert!(matches!(
+        result.unwrap(),
+        Err(BlockError::TooManySegments {
+            count: 1025,
+            max: 1024,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn discard_and_write_zeroes_read_back_as_zeroes() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    for o in all_modes() {
+        let b = BlockBackend::open(img.path(), &o, ctx.clone()).unwrap();
+        b.pwrite(0, &vec![0xabu8; 65536]).unwrap();
+        assert_eq!(b.discard(4096, 8192).unwrap(), 8192);
+        assert_eq!(
+            b.write_zeroes(32768, 4096, ZeroMode::Allocate).unwrap(),
+            4096
+        );
+        assert_eq!(
+            b.write_zeroes(40960, 4096, ZeroMode::MayUnmap).unwrap(),
+            4096
+        );
+        let mut back = vec![0u8; 65536];
+        b.pread(0, &mut back).unwrap();
+        for (i, &x) in back.iter().enumerate() {
+            let zero = (4096..12288).contains(&i)
+                || (32768..36864).contains(&i)
+                || (40960..45056).contains(&i);
+            assert_eq!(x, if zero { 0 } else { 0xab }, "byte {i} in {o:?}");
+        }
+    }
+}
+
+#[test]
+fn discard_ignore_leaves_data_alone() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    let b = BlockBackend::open(img.path(), &BlockOptions::default(), ctx).unwrap();
+    b.pwrite(0, &[7u8; 4096]).unwrap();
+    assert_eq!(b.discard(0, 4096).unwrap(), 4096);
+    let mut back = [0u8; 4096];
+    b.pread(0, &mut back).unwrap();
+    assert!(back.iter().all(|&x| x == 7));
+}
+
+#[test]
+fn async_completions_run_on_the_iothread() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    let iothread = IoThread::spawn("blk-test-io", ctx.clone()).unwrap();
+    for o in all_modes() {
+        let b = Arc::new(BlockBackend::open(img.path(), &o, ctx.clone()).unwrap());
+        let (tx, rx) = mpsc::channel();
+        let mut buf = vec![0u8; 3 * 4096];
+        let start = common::aligned_start(&buf, 4096);
+        buf.resize(start + 8192, 0);
+        buf[start..].fill(0x42);
+        let iov = vec![
+            seg(&mut buf, start, 4096),
+            seg(&mut buf, start + 4096, 4096),
+        ];
+        b.aio_writev(8192, iov, WriteMode::Fua, move |r| {
+            let name = std::thread::current().name().map(str::to_string);
+            tx.send((r.map_err(|e| e.to_string()), name, buf)).unwrap();
+        });
+        let (r, thread, _buf) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("completion");
+        assert_eq!(r.unwrap(), 8192);
+        assert_eq!(thread.as_deref(), Some("blk-test-io"));
+        let mut raw = vec![0u8; 8192];
+        img.as_file().read_exact_at(&mut raw, 8192).unwrap();
+        assert!(raw.iter().all(|&x| x == 0x42));
+        assert_eq!(b.in_flight(), 0);
+    }
+    iothread.stop();
+}
+
+#[test]
+fn second_opener_is_refused_while_first_holds_the_image() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    let first = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).unwrap();
+    let err = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).err();
+    assert!(matches!(err, Some(BlockError::Locked { .. })), "{err:?}");
+    let ro = BlockOptions {
+        readonly: true,
+        ..Default::default()
+    };
+    assert!(matches!(
+        BlockBackend::open(img.path(), &ro, ctx.clone()),
+        Err(BlockError::Locked { .. })
+    ));
+    drop(first);
+    let _r1 = BlockBackend::open(img.path(), &ro, ctx.clone()).unwrap();
+    let _r2 = BlockBackend::open(img.path(), &ro, ctx).expect("readers share");
+}
+
+/// A real second process takes the image lock (fork; the child only makes
+/// async-signal-safe syscalls), and our open must be refused with `Locked`.
+#[test]
+fn image_locked_by_another_process_is_refused() {
+    let img = image_in("/var/tmp", MIB);
+    let path = std::ffi::CString::new(img.path().to_str().unwrap()).unwrap();
+    let mut ready = [0i32; 2];
+    let mut release = [0i32; 2];
+    // SAFETY: pipe() fills two fds into arrays we own.
+    assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::pipe(release.as_mut_ptr()) }, 0);
+    // SAFETY: the child calls only async-signal-safe functions, then _exit.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: open/fcntl/write/read/_exit are async-signal-safe; pointers are valid.
+        #[allow(clippy::multiple_unsafe_ops_per_block)]
+        unsafe {
+            // Close our copy of the write end, or the read below never sees EOF.
+            libc::close(release[1]);
+            let fd = libc::open(path.as_ptr(), libc::O_RDWR);
+            let mut fl: libc::flock = std::mem::zeroed();
+            fl.l_type = libc::F_WRLCK as libc::c_short;
+            fl.l_whence = libc::SEEK_SET as libc::c_short;
+            fl.l_start = 0x7fff_0000;
+            fl.l_len = 1;
+            let ok = fd >= 0 && libc::fcntl(fd, libc::F_OFD_SETLK, &fl) == 0;
+            let byte = [ok as u8];
+            libc::write(ready[1], byte.as_ptr().cast(), 1);
+            let mut b = [0u8; 1];
+            libc::read(release[0], b.as_mut_ptr().cast(), 1);
+            libc::_exit(0);
+        }
+    }
+    let mut byte = [0u8; 1];
+    // SAFETY: reading one byte into our buffer.
+    assert_eq!(
+        unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) },
+        1
+    );
+    assert_eq!(byte[0], 1, "child took the lock");
+    let ctx = AioContext::new().unwrap();
+    let err = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).err();
+    // SAFETY: closing the release pipe lets the child exit; waitpid reaps it.
+    #[allow(clippy::multiple_unsafe_ops_per_block)]
+    unsafe {
+        libc::close(release[1]);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+    match err {
+        Some(e @ BlockError::Locked { .. }) => {
+            assert!(e.to_string().contains("locked"), "{e}");
+        }
+        other => panic!("expected Locked, got {other:?}"),
+    }
+    BlockBackend::open(img.path(), &BlockOptions::default(), ctx)
+        .expect("lock released when the other process exits");
+}

@@ -1,0 +1,45 @@
+//! The seed scenario without faults: synchronous nested-poll writes from a vCPU-like
+//! thread while the iothread serves async requests on the same context must never
+//! hang (watchdog with thread dump) and must leave every write in the file.
+
+mod common;
+
+use std::time::Duration;
+
+use block::AioMode;
+use common::seed::{run_seed, SeedConfig};
+use common::DumpDepth;
+
+fn config(aio: AioMode) -> SeedConfig {
+    SeedConfig {
+        aio,
+        sync_writes: 3000,
+        async_depth: 16,
+        wait_every: 4,
+        stall: Duration::from_secs(5),
+        limit: Duration::from_secs(40),
+        depth: DumpDepth::Backtraces,
+        setup: |_| {},
+    }
+}
+
+fn check(aio: AioMode) {
+    match run_seed(&config(aio)) {
+        Ok(stats) => {
+            assert_eq!(stats.sync_writes, 3000);
+            assert!(stats.async_requests > 0);
+            eprintln!("aio={aio:?}: {stats:?}");
+        }
+        Err(hang) => panic!("aio={aio:?} hung: {}", hang.report),
+    }
+}
+
+#[test]
+fn nested_poll_writes_with_busy_iothread_threads() {
+    check(AioMode::Threads);
+}
+
+#[test]
+fn nested_poll_writes_with_busy_iothread_io_uring() {
+    check(AioMode::IoUring);
+}

@@ -1,0 +1,60 @@
+//! Positive control: with the event loop's lost-wake-up knob switched on, the seed
+//! scenario must hang and the watchdog must say so (with its dump). If this test
+//! passes while `nested_poll` passes too, the watchdog and the scenario are able to
+//! see the bug that `nested_poll` shows absent.
+//!
+//! Its own test binary: the hung threads are left behind when the test returns.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use block::AioMode;
+use common::seed::{run_seed, SeedConfig};
+use common::DumpDepth;
+use event_loop::Fault;
+
+fn detects(aio: AioMode) {
+    let start = Instant::now();
+    let mut runs = 0;
+    while start.elapsed() < Duration::from_secs(25) {
+        runs += 1;
+        let cfg = SeedConfig {
+            aio,
+            sync_writes: 20_000,
+            async_depth: 16,
+            wait_every: 4,
+            stall: Duration::from_secs(1),
+            limit: Duration::from_secs(20),
+            depth: DumpDepth::Proc,
+            setup: |ctx| ctx.set_fault(Fault::SkipNotifyWhileDispatching, true),
+        };
+        match run_seed(&cfg) {
+            Err(hang) => {
+                eprintln!("aio={aio:?}: hang detected in run {runs}: {}", hang.stalled);
+                eprintln!(
+                    "{}",
+                    hang.report.lines().take(40).collect::<Vec<_>>().join("\n")
+                );
+                assert!(hang.report.contains("--- threads ---"));
+                assert!(
+                    hang.report.contains("seed-iothread"),
+                    "dump names the iothread"
+                );
+                return;
+            }
+            Ok(stats) => eprintln!("aio={aio:?}: run {runs} finished without a hang: {stats:?}"),
+        }
+    }
+    panic!("aio={aio:?}: the lost wake-up was not detected in {runs} runs");
+}
+
+#[test]
+fn watchdog_detects_lost_wakeup_threads() {
+    detects(AioMode::Threads);
+}
+
+#[test]
+fn watchdog_detects_lost_wakeup_io_uring() {
+    detects(AioMode::IoUring);
+}
