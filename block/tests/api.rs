@@ -352,10 +352,8 @@ fn image_locked_by_another_process_is_refused() {
     }
     let mut byte = [0u8; 1];
     // SAFETY: reading one byte into our buffer.
-    assert_eq!(
-        unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) },
-        1
-    );
+    let n = unsafe { libc::read(ready[0], byte.as_mut_ptr().cast(), 1) };
+    assert_eq!(n, 1);
     assert_eq!(byte[0], 1, "child took the lock");
     let ctx = AioContext::new().unwrap();
     let err = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).err();
