@@ -50,6 +50,8 @@ struct DriverQueue {
     used: GuestAddress,
     free: Vec<u16>,
     avail_idx: u16,
+    /// avail_idx at the last kick (EVENT_IDX kick suppression).
+    kicked_idx: u16,
     last_used: u16,
     /// Descriptors of each in-flight head, freed when it is used.
     chains: Vec<Vec<u16>>,
@@ -154,6 +156,7 @@ impl MockDriver {
             used,
             free: (0..size).rev().collect(),
             avail_idx: 0,
+            kicked_idx: 0,
             last_used: 0,
             chains: vec![Vec::new(); usize::from(size)],
         });
@@ -262,6 +265,31 @@ impl MockDriver {
             .map(|(_, fd)| fd.try_clone().expect("dup kick fd"))
             .expect("no such queue");
         fd.write(1).expect("kick");
+    }
+
+    /// Kicks `queue` only if the device asked for it through `avail_event`
+    /// (EVENT_IDX), as Linux's `virtqueue_kick_prepare` does. Returns whether it
+    /// kicked.
+    pub fn kick_if_needed(&mut self, queue: usize) -> bool {
+        let mem = self.mem.clone();
+        let q = self.queue(queue);
+        // Pairs with the device's fence between writing avail_event and
+        // re-reading avail->idx (virtio-queue's enable_notification).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let avail_event: u16 = u16::from_le(
+            mem.load(
+                GuestAddress(q.used.0 + 4 + u64::from(q.size) * 8),
+                Ordering::Acquire,
+            )
+            .expect("avail_event"),
+        );
+        let (new, old) = (q.avail_idx, q.kicked_idx);
+        q.kicked_idx = new;
+        let needed = new.wrapping_sub(avail_event).wrapping_sub(1) < new.wrapping_sub(old);
+        if needed {
+            self.kick(queue);
+        }
+        needed
     }
 
     /// Kicks through the QueueNotify register (no ioeventfd registered).

@@ -19,9 +19,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use event_loop::AioContext;
+use event_loop::{AioContext, BottomHalf};
 use log::{debug, trace, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
@@ -51,6 +51,10 @@ const MAX_PARAMETER_DATA: usize = 64 * 1024;
 /// Events kept while the driver has no event buffer posted; older ones are
 /// dropped and reported with VIRTIO_SCSI_T_EVENTS_MISSED.
 const MAX_PENDING_EVENTS: usize = 16;
+/// With at least this many requests of a queue at the disk, the device stops
+/// asking for kicks (EVENT_IDX avail_event left behind) and instead looks for
+/// new requests whenever one completes: one wake-up per batch instead of two.
+const POLL_MIN_IN_FLIGHT: usize = 4;
 
 static GUEST_ERRORS: RateLimitedWarn = RateLimitedWarn::new();
 static IO_ERRORS: RateLimitedWarn = RateLimitedWarn::new();
@@ -175,6 +179,15 @@ struct ScsiState {
     events_dropped: bool,
     /// A ring was found broken; nothing is served until reset.
     broken: bool,
+    /// Per queue: requests at the disk.
+    queue_in_flight: Vec<usize>,
+    /// Per queue: kicks are suppressed; completions look for new requests.
+    polling: Vec<bool>,
+    /// Per queue: used entries added since the last interrupt decision.
+    needs_notify: Vec<bool>,
+    /// Per queue: the bottom half that finishes a batch of completions
+    /// (interrupt once, then look for new requests when polling).
+    completion_bhs: Vec<Option<BottomHalf>>,
     interrupt: Arc<VirtioInterrupt>,
 }
 
@@ -280,6 +293,10 @@ impl VirtioScsi {
             pending_events: VecDeque::new(),
             events_dropped: false,
             broken: false,
+            queue_in_flight: vec![0; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
+            polling: vec![false; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
+            needs_notify: vec![false; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
+            completion_bhs: Vec::new(),
             interrupt: Arc::clone(&interrupt),
         };
         Ok(VirtioScsi {
@@ -400,6 +417,20 @@ impl VirtioDevice for VirtioScsi {
             }
             state.queues = queues;
             state.broken = false;
+            let count = state.queues.len();
+            state.completion_bhs = (0..count)
+                .map(|index| {
+                    (index >= FIRST_REQUEST_QUEUE).then(|| {
+                        // Weak: the state owns the BH, the BH must not own the state.
+                        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+                        self.ctx.new_bh("virtio-scsi-completions", move || {
+                            if let Some(shared) = weak.upgrade() {
+                                finish_completions(&shared, index);
+                            }
+                        })
+                    })
+                })
+                .collect();
         }
         let ready: Vec<usize> = {
             let state = self.shared.lock();
@@ -440,6 +471,9 @@ impl VirtioDevice for VirtioScsi {
             let mut state = self.shared.lock();
             state.epoch += 1;
             state.queues.clear();
+            state.completion_bhs.clear();
+            state.polling.fill(false);
+            state.needs_notify.fill(false);
             state.pending_tmfs.clear();
             state.pending_events.clear();
             state.events_dropped = false;
@@ -520,6 +554,25 @@ fn handle_kick(shared: &Arc<Shared>, index: usize) {
                 Vec::new()
             }
             _ => state.serve_request_queue(index),
+        }
+    };
+    for submission in submissions {
+        start_io(shared, submission);
+    }
+}
+
+/// After a batch of completions on request queue `index` (iothread): one
+/// interrupt decision for the batch, then, if kicks are suppressed, new requests.
+fn finish_completions(shared: &Arc<Shared>, index: usize) {
+    let submissions = {
+        let mut state = shared.lock();
+        if std::mem::take(&mut state.needs_notify[index]) {
+            state.notify_if_needed(index);
+        }
+        if state.polling.get(index).copied().unwrap_or(false) {
+            state.serve_request_queue(index)
+        } else {
+            Vec::new()
         }
     };
     for submission in submissions {
@@ -673,22 +726,43 @@ impl ScsiState {
     }
 
     fn serve_request_queue(&mut self, index: usize) -> Vec<Submission> {
-        if self.broken {
-            return Vec::new();
-        }
-        let chains = self.pop_chains(index);
         let mut submissions = Vec::new();
         let mut used = false;
-        for (head, buffers) in chains {
-            match buffers {
-                Ok(buffers) => match self.serve_command(index, head, buffers) {
-                    Some(submission) => submissions.push(submission),
-                    None => used = true,
-                },
-                Err(e) => {
-                    warn_limited!(GUEST_ERRORS, "virtio-scsi: bad chain on queue {index}: {e}");
-                    self.add_used(index, head, 0);
-                    used = true;
+        let mem = self.mem.clone();
+        loop {
+            if self.broken {
+                break;
+            }
+            let chains = self.pop_available(index, &mem);
+            for (head, buffers) in chains {
+                match buffers {
+                    Ok(buffers) => match self.serve_command(index, head, buffers) {
+                        Some(submission) => submissions.push(submission),
+                        None => used = true,
+                    },
+                    Err(e) => {
+                        warn_limited!(GUEST_ERRORS, "virtio-scsi: bad chain on queue {index}: {e}");
+                        self.add_used(index, head, 0);
+                        used = true;
+                    }
+                }
+            }
+            // Enough requests at the disk: a completion is coming, which looks
+            // for new requests; no kick needed until then.
+            if self.queue_in_flight.get(index).copied().unwrap_or(0) >= POLL_MIN_IN_FLIGHT {
+                self.polling[index] = true;
+                break;
+            }
+            self.polling[index] = false;
+            let Some(Some(queue)) = self.queues.get_mut(index) else {
+                break;
+            };
+            match queue.enable_notification(&mem) {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(_) => {
+                    self.mark_broken("cannot re-enable notifications");
+                    break;
                 }
             }
         }
@@ -696,6 +770,33 @@ impl ScsiState {
             self.notify_if_needed(index);
         }
         submissions
+    }
+
+    /// Pops the chains available on queue `index` now, with kicks suppressed
+    /// meanwhile (used flags without EVENT_IDX; with it, by not moving avail_event).
+    fn pop_available(
+        &mut self,
+        index: usize,
+        mem: &GuestMemoryMmap,
+    ) -> Vec<(u16, Result<ChainBuffers, RequestError>)> {
+        let mut chains = Vec::new();
+        let Some(Some(queue)) = self.queues.get_mut(index) else {
+            return chains;
+        };
+        if queue.disable_notification(mem).is_err() {
+            self.mark_broken("cannot write the used ring flags");
+            return chains;
+        }
+        match queue.iter(mem) {
+            Ok(iter) => {
+                for chain in iter {
+                    let head = chain.head_index();
+                    chains.push((head, ChainBuffers::from_chain(chain)));
+                }
+            }
+            Err(e) => self.mark_broken(&format!("available ring of queue {index} is broken: {e}")),
+        }
+        chains
     }
 
     /// Writes a command response at the front of `writable` and returns the chain.
@@ -938,6 +1039,9 @@ impl ScsiState {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        if let Some(count) = self.queue_in_flight.get_mut(queue) {
+            *count += 1;
+        }
         self.in_flight.insert(
             seq,
             InFlight {
@@ -1034,6 +1138,9 @@ impl ScsiState {
     /// A disk request finished (iothread, context lock held).
     fn complete_io(&mut self, pending: PendingIo, result: Result<usize, BackendError>) {
         self.in_flight.remove(&pending.seq);
+        if let Some(count) = self.queue_in_flight.get_mut(pending.queue) {
+            *count = count.saturating_sub(1);
+        }
         if pending.epoch == self.epoch {
             let ok = match &result {
                 Ok(n) => pending.transfer == 0 || *n as u64 == pending.transfer,
@@ -1076,7 +1183,15 @@ impl ScsiState {
                     },
                 );
             }
-            self.notify_if_needed(pending.queue);
+            // The interrupt decision and the look for new requests happen once
+            // per batch of completions, in the queue's bottom half.
+            match self.completion_bhs.get(pending.queue) {
+                Some(Some(bh)) => {
+                    self.needs_notify[pending.queue] = true;
+                    bh.schedule();
+                }
+                _ => self.notify_if_needed(pending.queue),
+            }
         }
         self.answer_ready_tmfs();
     }
