@@ -946,8 +946,6 @@ impl ScsiState {
                 return None;
             }
         };
-        let block_size = u64::from(self.luns[lun_index].geometry.block_size);
-        let _ = block_size;
         let (requests, transfer, is_read, bounce, error_sense) = match plan {
             IoPlan::Read { offset, len } => {
                 if data_in_len < len {
