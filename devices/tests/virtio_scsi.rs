@@ -683,3 +683,129 @@ fn real_block_backend_on_a_file_with_32_in_flight() {
     drop(driver);
     iothread.stop();
 }
+
+/// The original hang's shape: a "vCPU" thread keeps doing synchronous flash
+/// writes (nested polls on the iothread's context) while the guest keeps 32
+/// reads in flight. Every request must complete; the waits are watchdogged.
+#[test]
+fn requests_complete_while_a_vcpu_nests_polls_on_the_context() {
+    use block::{AioMode, BlockBackend, BlockOptions};
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let ctx = AioContext::new().unwrap();
+    let iothread = IoThread::spawn("nested", Arc::clone(&ctx)).unwrap();
+    let mut disk_file = tempfile::NamedTempFile::new().unwrap();
+    disk_file.write_all(&vec![0x5e; 2 << 20]).unwrap();
+    let flash_file = tempfile::NamedTempFile::new().unwrap();
+    flash_file.as_file().set_len(1 << 20).unwrap();
+    let disk = Arc::new(
+        BlockBackend::open(
+            disk_file.path(),
+            &BlockOptions {
+                aio: AioMode::Threads,
+                ..BlockOptions::default()
+            },
+            Arc::clone(&ctx),
+        )
+        .unwrap(),
+    );
+    let flash = Arc::new(
+        BlockBackend::open(
+            flash_file.path(),
+            &BlockOptions::default(),
+            Arc::clone(&ctx),
+        )
+        .unwrap(),
+    );
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let irq = irqfd.try_clone().unwrap();
+    let device = VirtioScsi::new(
+        VirtioScsiConfig {
+            queue_size: 128,
+            ..Default::default()
+        },
+        vec![ScsiDiskConfig {
+            target: 0,
+            lun: 0,
+            serial: "nested".into(),
+            backend: disk,
+        }],
+        Arc::clone(&ctx),
+        mem.clone(),
+        irqfd,
+    )
+    .unwrap();
+    let mut driver = MockDriver::new(mem, MmioTransport::new(Box::new(device)), irq);
+    assert_eq!(driver.init(3, 128, true), 0xf);
+    ScsiRequestBuilder::submit(&mut driver, 2, lun_bytes(0, 0), 0, &[0; 6], &[], 0).unwrap();
+    driver.kick(2);
+    driver.wait_used(2, 1, TIMEOUT);
+    driver.reset_alloc();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let flash_writes = Arc::new(AtomicU64::new(0));
+    let vcpu = {
+        let (stop, writes, flash) = (Arc::clone(&stop), Arc::clone(&flash_writes), flash);
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Acquire) {
+                let offset = (n % 256) * 4096;
+                flash.pwrite(offset, &[n as u8; 4096]).expect("flash write");
+                writes.fetch_add(1, Ordering::Release);
+                n += 1;
+            }
+        })
+    };
+    let mut slots = std::collections::HashMap::new();
+    for i in 0..32u64 {
+        let slot = ScsiRequestBuilder::submit(
+            &mut driver,
+            2,
+            lun_bytes(0, 0),
+            i,
+            &read10((i * 8) as u32, 8),
+            &[],
+            4096,
+        )
+        .unwrap();
+        slots.insert(slot.head, slot);
+    }
+    driver.kick(2);
+    let mut completed = 0;
+    let mut tag = 32u64;
+    while completed < 2000 {
+        let used = driver.wait_used(2, 1, TIMEOUT);
+        for (head, len) in used {
+            let slot = slots.remove(&head).expect("known head");
+            let r = ScsiRequestBuilder::response(&driver, &slot, len);
+            assert_eq!((r.response, r.status), (0, 0));
+            assert!(r.data_in.iter().all(|&b| b == 0x5e));
+            completed += 1;
+            // Reuse the slot's memory for the next request.
+            let next = ScsiRequestBuilder::submit(
+                &mut driver,
+                2,
+                lun_bytes(0, 0),
+                tag,
+                &read10(((tag % 400) * 8) as u32, 8),
+                &[],
+                4096,
+            )
+            .unwrap();
+            tag += 1;
+            slots.insert(next.head, next);
+        }
+        driver.kick_if_needed(2);
+    }
+    stop.store(true, Ordering::Release);
+    vcpu.join().unwrap();
+    assert!(
+        flash_writes.load(Ordering::Acquire) > 0,
+        "the vCPU thread made progress"
+    );
+    let remaining = slots.len();
+    driver.wait_used(2, remaining, TIMEOUT);
+    drop(driver);
+    iothread.stop();
+}
