@@ -53,3 +53,16 @@ wait_exit() {
     done
     wait "$HANGAR_PID"; HANGAR_STATUS=$?
 }
+
+# size_of FILE: its length in bytes (a console offset for wait_after).
+size_of() { wc -c < "$1" | tr -d ' '; }
+
+# wait_after OFFSET PATTERN FILE SECONDS: like wait_for, but only output past
+# byte OFFSET counts (the console file keeps growing across reboots).
+wait_after() {
+    _deadline=$(( $(now_ms) + $4 * 1000 ))
+    while ! tail -c +"$(( $1 + 1 ))" "$3" 2>/dev/null | grep -qF -- "$2"; do
+        [ "$(now_ms)" -lt "$_deadline" ] || return 1
+        sleep 0.2
+    done
+}

@@ -1,0 +1,53 @@
+//! End-to-end: stock AAVMF boots in hangar under nested KVM.
+
+use std::time::Duration;
+
+use hangar_tests::bench;
+
+fn ms(verdict: &bench::Verdict, key: &str) -> u64 {
+    verdict
+        .value(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in the verdict\n{}", verdict.explain()))
+}
+
+fn shell_and_power_off(scenario: &str, cpus: &str) {
+    let verdict = bench::expect_pass(scenario, Duration::from_secs(480));
+    assert_eq!(verdict.value("cpus"), Some(cpus));
+    assert_eq!(
+        verdict.value("exit_status"),
+        Some("0"),
+        "{}",
+        verdict.explain()
+    );
+    let (total, countdown) = (ms(&verdict, "to_shell_ms"), ms(&verdict, "countdown_ms"));
+    assert!(countdown < total);
+    eprintln!(
+        "{scenario}: UEFI shell after {:.1}s ({:.1}s firmware + {:.1}s firmware countdown)",
+        total as f64 / 1000.0,
+        (total - countdown) as f64 / 1000.0,
+        countdown as f64 / 1000.0
+    );
+    // The firmware writes to its read-only code bank: logged, ignored, VM runs on.
+    assert!(
+        ms(&verdict, "readonly_writes_logged") >= 1,
+        "{}",
+        verdict.explain()
+    );
+}
+
+#[test]
+fn aavmf_reaches_uefi_shell_with_one_vcpu_and_reset_s_exits_zero() {
+    shell_and_power_off("uefi-shell", "1");
+}
+
+#[test]
+fn aavmf_reaches_uefi_shell_with_two_vcpus() {
+    shell_and_power_off("uefi-shell-2cpu", "2");
+}
+
+#[test]
+fn nv_variable_survives_reset_in_place_and_process_restart() {
+    let verdict = bench::expect_pass("uefi-vars", Duration::from_secs(720));
+    assert_eq!(verdict.value("restart_status"), Some("0"));
+}
