@@ -60,7 +60,10 @@ extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc:
             // SAFETY: `run` points at this thread's mmapped kvm_run, set by
             // `VcpuThread::run` before the first KVM_RUN and cleared before the
             // VcpuFd (and so the mapping) is dropped, on this same thread.
-            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+            let flag = unsafe { std::ptr::addr_of_mut!((*run).immediate_exit) };
+            // SAFETY: `flag` points into that live mapping (see above); a
+            // volatile byte store is what KVM_RUN reads on entry.
+            unsafe { flag.write_volatile(1) };
         }
     });
     // Pairs with nothing in memory: it keeps the store before KVM_RUN re-reads it.
