@@ -37,6 +37,7 @@ fn all_modes() -> [BlockOptions; 4] {
 
 #[test]
 fn queries_report_geometry_and_discard() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", 3 * MIB);
     let ctx = AioContext::new().unwrap();
     for o in all_modes() {
@@ -58,6 +59,7 @@ fn queries_report_geometry_and_discard() {
 
 #[test]
 fn sync_round_trip_in_every_mode_without_an_iothread() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     for (i, o) in all_modes().into_iter().enumerate() {
@@ -78,6 +80,7 @@ fn sync_round_trip_in_every_mode_without_an_iothread() {
 
 #[test]
 fn writeback_accepts_byte_granular_requests() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", 64 * 1024);
     let ctx = AioContext::new().unwrap();
     for aio in [AioMode::Threads, AioMode::IoUring] {
@@ -120,6 +123,7 @@ fn expect_refused(b: &BlockBackend, img: &tempfile::NamedTempFile) {
 
 #[test]
 fn beyond_end_requests_fail_typed_and_never_reach_the_file() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     for o in all_modes() {
@@ -130,6 +134,7 @@ fn beyond_end_requests_fail_typed_and_never_reach_the_file() {
 
 #[test]
 fn readonly_refuses_every_modification() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     img.as_file().write_all_at(b"keep", 0).unwrap();
     let ctx = AioContext::new().unwrap();
@@ -165,6 +170,7 @@ fn readonly_refuses_every_modification() {
 
 #[test]
 fn misaligned_direct_requests_fail_typed_and_never_reach_the_file() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     for aio in [AioMode::Threads, AioMode::IoUring] {
@@ -200,6 +206,7 @@ fn misaligned_direct_requests_fail_typed_and_never_reach_the_file() {
 
 #[test]
 fn too_many_segments_is_refused() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     let b = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).unwrap();
@@ -225,6 +232,7 @@ fn too_many_segments_is_refused() {
 
 #[test]
 fn discard_and_write_zeroes_read_back_as_zeroes() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     for o in all_modes() {
@@ -252,6 +260,7 @@ fn discard_and_write_zeroes_read_back_as_zeroes() {
 
 #[test]
 fn discard_ignore_leaves_data_alone() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     let b = BlockBackend::open(img.path(), &BlockOptions::default(), ctx).unwrap();
@@ -264,6 +273,7 @@ fn discard_ignore_leaves_data_alone() {
 
 #[test]
 fn async_completions_run_on_the_iothread() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     let iothread = IoThread::spawn("blk-test-io", ctx.clone()).unwrap();
@@ -297,6 +307,7 @@ fn async_completions_run_on_the_iothread() {
 
 #[test]
 fn second_opener_is_refused_while_first_holds_the_image() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let ctx = AioContext::new().unwrap();
     let first = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).unwrap();
@@ -319,6 +330,7 @@ fn second_opener_is_refused_while_first_holds_the_image() {
 /// async-signal-safe syscalls), and our open must be refused with `Locked`.
 #[test]
 fn image_locked_by_another_process_is_refused() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     let img = image_in("/var/tmp", MIB);
     let path = std::ffi::CString::new(img.path().to_str().unwrap()).unwrap();
     let mut ready = [0i32; 2];

@@ -92,11 +92,13 @@ fn each_rule_maps_to_its_typed_error(aio: AioMode) {
 
 #[test]
 fn each_rule_maps_to_its_typed_error_threads() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     each_rule_maps_to_its_typed_error(AioMode::Threads);
 }
 
 #[test]
 fn each_rule_maps_to_its_typed_error_io_uring() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     each_rule_maps_to_its_typed_error(AioMode::IoUring);
 }
 
@@ -155,10 +157,12 @@ fn reported_writes_are_in_the_file(aio: AioMode) {
 
 #[test]
 fn reported_writes_are_in_the_file_threads() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     reported_writes_are_in_the_file(AioMode::Threads);
 }
 
 #[test]
 fn reported_writes_are_in_the_file_io_uring() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
     reported_writes_are_in_the_file(AioMode::IoUring);
 }

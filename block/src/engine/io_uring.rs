@@ -138,7 +138,11 @@ impl Engine for UringEngine {
 }
 
 impl Drop for UringEngine {
+    /// Removes the completion handler under the context lock: no poller can be inside
+    /// it then, so the handler (and its reference to the file, which holds the image
+    /// lock) is gone when this returns, and the image can be opened again at once.
     fn drop(&mut self) {
+        let _guard = self.ctx.acquire();
         self.ctx.remove_fd_handler(self.shared.eventfd.as_raw_fd());
     }
 }

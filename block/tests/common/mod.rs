@@ -162,3 +162,40 @@ fn gdb_backtraces() -> String {
         Err(e) => format!("(gdb failed: {e})\n"),
     }
 }
+
+/// Aborts the whole test process with a thread dump if dropped later than `limit`
+/// after creation: for tests whose body could block forever (sync helpers, drops
+/// that drain). Hold it for the length of the test: `let _wd = deadline(..);`.
+pub struct Deadline {
+    done: Option<std::sync::mpsc::Sender<()>>,
+}
+
+/// Starts a [`Deadline`] for the current test.
+pub fn deadline(limit: Duration) -> Deadline {
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    std::thread::Builder::new()
+        .name("test-deadline".into())
+        .spawn(move || {
+            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(limit) {
+                eprintln!(
+                    "WATCHDOG: {test} still running after {limit:?}; threads:\n{}",
+                    thread_dump(DumpDepth::Backtraces)
+                );
+                std::process::abort();
+            }
+        })
+        .expect("spawning the deadline thread");
+    Deadline { done: Some(tx) }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        if let Some(tx) = self.done.take() {
+            let _ = tx.send(());
+        }
+    }
+}
