@@ -73,7 +73,7 @@ fn check(defines: &[&str]) -> Verdict {
     run(
         dir.path(),
         "gcc",
-        &["-O0", "-DNOCLAIM", "-o", "pan_safety", "pan.c"],
+        &["-O0", "-DSAFETY", "-DNOCLAIM", "-o", "pan_safety", "pan.c"],
     );
     let safety = run(dir.path(), "./pan_safety", &["-m100000"]);
     let trail_path = dir.path().join(format!("{MODEL}.trail"));
