@@ -11,7 +11,8 @@
 //!    same context) against plain pwrite(2) on the same file. Target: <= 1.3x.
 //!
 //! Run: `cargo bench -p block --bench iops` (about 90 s). `BENCH_SECS` changes the
-//! measuring time per case (default 1.5).
+//! measuring time per case (default 1.5); `BENCH_CASE=text` runs only the IOPS cases
+//! whose label contains `text`; an argument `iops` or `sync` runs only that table.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -222,6 +223,10 @@ fn iops_table() {
                         write,
                         depth,
                     };
+                    let wanted = std::env::var("BENCH_CASE").unwrap_or_default();
+                    if !case.label().contains(wanted.as_str()) {
+                        continue;
+                    }
                     let o = ours(&path, case);
                     let f = fio(&path, case);
                     match f {
