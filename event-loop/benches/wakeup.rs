@@ -105,11 +105,10 @@ fn bh_wakeup(samples: usize, gap: Duration) -> (Vec<u64>, u64) {
 }
 
 /// Serial pool round trips from a nested poller: submit, poll until done() ran.
-fn pool_round_trip(samples: usize, spin: Duration) -> Vec<u64> {
+fn pool_round_trip(samples: usize) -> Vec<u64> {
     let ctx = AioContext::new().unwrap();
     let _g = ctx.acquire();
     let pool = ctx.thread_pool();
-    pool.set_worker_spin(spin);
     let mut lat = Vec::with_capacity(samples);
     for _ in 0..samples {
         let done = Arc::new(AtomicBool::new(false));
@@ -203,7 +202,7 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "--pool-only") {
-        let l = pool_round_trip(10_000, Duration::ZERO);
+        let l = pool_round_trip(10_000);
         println!("pool median {}", us(percentile(&l, 0.5)));
         return;
     }
@@ -251,18 +250,12 @@ fn main() {
 
     let rt_samples = samples / 2;
     println!("\n== 2. thread-pool round trip, {rt_samples} serial jobs");
-    let ours = pool_round_trip(rt_samples, Duration::ZERO);
-    let spun = pool_round_trip(rt_samples, Duration::from_micros(20));
+    let ours = pool_round_trip(rt_samples);
     let tok = tokio_round_trip(rt_samples);
     let (om, o99) = (percentile(&ours, 0.5), percentile(&ours, 0.99));
     let (tm, t99) = (percentile(&tok, 0.5), percentile(&tok, 0.99));
     println!("event-loop pool        : median {} p99 {}", us(om), us(o99));
-    println!(
-        "  (opt-in 20us worker spin: median {} p99 {}, ratio to tokio {:.2}x)",
-        us(percentile(&spun, 0.5)),
-        us(percentile(&spun, 0.99)),
-        percentile(&spun, 0.5) as f64 / tm as f64
-    );
+
     println!("tokio spawn_blocking   : median {} p99 {}", us(tm), us(t99));
     println!(
         "ratio ours/tokio median {:.2}x (target < 1.0x), p99 {:.2}x",

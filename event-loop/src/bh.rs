@@ -71,8 +71,10 @@ impl BottomHalf {
         self.enqueue(false);
     }
 
-    /// Makes the BH pending without forcing an immediate wake-up: it runs on the next
-    /// poll for another reason, or within 10 ms if a poller sleeps. Any thread.
+    /// Makes the BH pending without forcing an immediate wake-up (no eventfd write):
+    /// it runs when a poller next iterates for another reason; a poller that starts
+    /// to wait while it is pending waits at most 10 ms. A poller already asleep with
+    /// no timeout is not woken (as QEMU's idle BHs). Any thread.
     pub fn schedule_idle(&self) {
         self.enqueue(true);
     }

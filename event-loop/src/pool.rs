@@ -9,7 +9,7 @@
 //! during dispatch is exactly the situation of failure (a).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -23,8 +23,6 @@ use crate::{AioContext, BottomHalf};
 pub const IDLE_RETIRE: Duration = Duration::from_secs(10);
 /// The default maximum number of workers (QEMU's default).
 pub const DEFAULT_MAX_WORKERS: usize = 64;
-/// The default of [`ThreadPool::set_worker_spin`]: no busy waiting.
-pub const DEFAULT_WORKER_SPIN: Duration = Duration::ZERO;
 
 const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
@@ -44,10 +42,6 @@ struct PoolState {
     workers: usize,
     /// Workers asleep on `work_ready`.
     idle: usize,
-    /// Workers spinning for work after a job (they need no condvar wake-up).
-    /// Changed and read only under the state mutex, which is what makes skipping
-    /// the wake-up safe: a spinning worker re-checks the queue under it.
-    spinning: usize,
     max_workers: usize,
     shutdown: bool,
     handles: Vec<JoinHandle<()>>,
@@ -55,11 +49,6 @@ struct PoolState {
 
 struct PoolInner {
     state: Mutex<PoolState>,
-    /// Mirror of `state.queue.len()` that spinning workers poll without the
-    /// mutex (a hint only; decisions are re-made under the mutex).
-    queued_hint: AtomicUsize,
-    /// Spin budget in ns after each job (0 = sleep at once). Configuration only.
-    spin_ns: AtomicU64,
     work_ready: Condvar,
     completions: Mutex<VecDeque<Completion>>,
     completion_bh: BottomHalf,
@@ -97,13 +86,10 @@ impl ThreadPool {
                     queue: VecDeque::new(),
                     workers: 0,
                     idle: 0,
-                    spinning: 0,
                     max_workers: DEFAULT_MAX_WORKERS,
                     shutdown: false,
                     handles: Vec::new(),
                 }),
-                queued_hint: AtomicUsize::new(0),
-                spin_ns: AtomicU64::new(DEFAULT_WORKER_SPIN.as_nanos() as u64),
                 work_ready: Condvar::new(),
                 completions: Mutex::new(VecDeque::new()),
                 completion_bh,
@@ -133,12 +119,7 @@ impl ThreadPool {
             return JobHandle { job };
         }
         st.queue.push_back(job.clone());
-        self.inner
-            .queued_hint
-            .store(st.queue.len(), Ordering::Relaxed);
-        let wake = if st.spinning >= st.queue.len() {
-            false // a spinning worker will take it (it re-checks under the mutex)
-        } else if st.idle >= st.queue.len() {
+        let wake = if st.idle >= st.queue.len() {
             true
         } else if st.workers < st.max_workers {
             self.spawn_worker(&mut st);
@@ -174,16 +155,6 @@ impl ThreadPool {
         lock(&self.inner.state).max_workers = n.max(1);
     }
 
-    /// How long a worker that just finished a job looks for the next one before it
-    /// sleeps on the condvar (default zero: no busy waiting). A few tens of
-    /// microseconds save a futex wake-up per job when one nested poller submits
-    /// requests back to back, at the price of that much CPU after each job; it
-    /// hurts on an oversubscribed host.
-    pub fn set_worker_spin(&self, spin: Duration) {
-        let ns = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
-        self.inner.spin_ns.store(ns, Ordering::Relaxed);
-    }
-
     /// Live worker threads (diagnostics and tests).
     pub fn workers(&self) -> usize {
         lock(&self.inner.state).workers
@@ -196,7 +167,6 @@ impl ThreadPool {
         let handles = {
             let mut st = lock(&self.inner.state);
             st.shutdown = true;
-            self.inner.queued_hint.store(0, Ordering::Relaxed);
             for job in st.queue.drain(..) {
                 if job
                     .state
@@ -220,7 +190,6 @@ impl PoolInner {
         let mut st = lock(&self.state);
         loop {
             if let Some(job) = st.queue.pop_front() {
-                self.queued_hint.store(st.queue.len(), Ordering::Relaxed);
                 if job
                     .state
                     .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
@@ -235,7 +204,7 @@ impl PoolInner {
                     lock(&self.completions).push_back(completion);
                     self.completion_bh.schedule();
                 }
-                st = self.spin_for_work();
+                st = lock(&self.state);
                 continue;
             }
             if st.shutdown {
@@ -253,24 +222,6 @@ impl PoolInner {
             }
         }
         st.workers -= 1;
-    }
-
-    /// After a job: if a spin budget is set, announce as spinning, look for the next
-    /// job for that long without the mutex, then retake the mutex (and stop
-    /// spinning under it, so `submit` never skips a wake-up a worker still needs).
-    fn spin_for_work(&self) -> MutexGuard<'_, PoolState> {
-        let spin = Duration::from_nanos(self.spin_ns.load(Ordering::Relaxed));
-        if spin.is_zero() {
-            return lock(&self.state);
-        }
-        lock(&self.state).spinning += 1;
-        let end = std::time::Instant::now() + spin;
-        while self.queued_hint.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < end {
-            std::hint::spin_loop();
-        }
-        let mut st = lock(&self.state);
-        st.spinning -= 1;
-        st
     }
 
     /// The completion BH's body (context lock held). Re-entrant: a nested poll in
