@@ -298,22 +298,22 @@ fn many_requests_in_flight_complete_out_of_submission_order() {
 fn event_idx_suppresses_interrupts_until_the_driver_asks() {
     let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
     rig.clear_unit_attention(0, 0);
-    rig.driver.interrupts();
+    settled_interrupts(&mut rig);
     // used_event is now the current used index: the next completion interrupts.
     ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 1, &[0; 6], &[], 0).unwrap();
     rig.driver.kick(2);
     wait_used_idx(&mut rig, 2);
-    assert_eq!(rig.driver.interrupts(), 1);
+    assert_eq!(settled_interrupts(&mut rig), 1);
     // The driver has not consumed it (used_event unchanged): no interrupt.
     ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 2, &[0; 6], &[], 0).unwrap();
     rig.driver.kick(2);
     wait_used_idx(&mut rig, 3);
-    assert_eq!(rig.driver.interrupts(), 0, "suppressed by EVENT_IDX");
+    assert_eq!(settled_interrupts(&mut rig), 0, "suppressed by EVENT_IDX");
     assert_eq!(rig.driver.take_used(2).len(), 2);
     ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 3, &[0; 6], &[], 0).unwrap();
     rig.driver.kick(2);
     rig.driver.wait_used(2, 1, TIMEOUT);
-    assert_eq!(rig.driver.interrupts(), 1);
+    assert_eq!(settled_interrupts(&mut rig), 1);
     assert_eq!(
         rig.driver.read_reg(0x60) & 1,
         1,
@@ -321,6 +321,13 @@ fn event_idx_suppresses_interrupts_until_the_driver_asks() {
     );
     rig.driver.write_reg(0x64, 1);
     assert_eq!(rig.driver.read_reg(0x60), 0, "acknowledged");
+}
+
+/// Interrupts signalled so far, read once the device had time to finish its
+/// interrupt decision (it follows the used-ring update).
+fn settled_interrupts(rig: &mut Rig) -> u64 {
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    rig.driver.interrupts()
 }
 
 fn wait_used_idx(rig: &mut Rig, want: u16) {
@@ -806,6 +813,64 @@ fn requests_complete_while_a_vcpu_nests_polls_on_the_context() {
     );
     let remaining = slots.len();
     driver.wait_used(2, remaining, TIMEOUT);
+    drop(driver);
+    iothread.stop();
+}
+
+/// EDK2's VirtioScsiDxe: no EVENT_IDX, only the first request queue set up.
+#[test]
+fn firmware_style_driver_with_one_queue_and_no_event_idx() {
+    let ctx = AioContext::new().unwrap();
+    let iothread = IoThread::spawn("fw", Arc::clone(&ctx)).unwrap();
+    let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let backend = Arc::new(devices::virtio::scsi::mem_backend::MemBackend::new(
+        1 << 20,
+        false,
+        false,
+        CompletionMode::Inline,
+    ));
+    backend.fill(0, &[0x77; 512]);
+    let irqfd = EventFd::new(EFD_NONBLOCK).unwrap();
+    let irq = irqfd.try_clone().unwrap();
+    let device = VirtioScsi::new(
+        VirtioScsiConfig {
+            num_request_queues: 4,
+            ..Default::default()
+        },
+        vec![ScsiDiskConfig {
+            target: 0,
+            lun: 0,
+            serial: "fw".into(),
+            backend,
+        }],
+        Arc::clone(&ctx),
+        mem.clone(),
+        irqfd,
+    )
+    .unwrap();
+    let mut driver = MockDriver::new(mem, MmioTransport::new(Box::new(device)), irq);
+    assert_eq!(driver.init_queues(&[2], 64, false), 0xf);
+    for expected_status in [2u8, 0] {
+        let slot =
+            ScsiRequestBuilder::submit(&mut driver, 2, lun_bytes(0, 0), 1, &read10(0, 1), &[], 512)
+                .unwrap();
+        driver.kick_mmio(2);
+        let used = driver.wait_used(2, 1, TIMEOUT);
+        let r = ScsiRequestBuilder::response(&driver, &slot, used[0].1);
+        assert_eq!(r.status, expected_status, "unit attention first, then data");
+        if expected_status == 0 {
+            assert_eq!(r.data_in, vec![0x77; 512]);
+        }
+        // The interrupt follows the used-ring update; give it the time to land.
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while driver.interrupts() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "without EVENT_IDX every completion interrupts"
+            );
+            std::thread::yield_now();
+        }
+    }
     drop(driver);
     iothread.stop();
 }

@@ -106,9 +106,14 @@ impl VirtioInterrupt {
     /// The device found the driver's rings broken: DEVICE_NEEDS_RESET is shown in
     /// the status register and a configuration-change interrupt is raised.
     pub fn set_needs_reset(&self) {
-        if !self.needs_reset.swap(true, Ordering::AcqRel) {
-            self.raise(INTERRUPT_CONFIG_CHANGE);
+        if self.needs_reset.load(Ordering::Acquire) {
+            return;
         }
+        // Interrupt first, flag last: whoever sees DEVICE_NEEDS_RESET also sees
+        // the config-change bit and the irqfd signalled. (Two racing callers may
+        // both raise; a spurious interrupt is harmless.)
+        self.raise(INTERRUPT_CONFIG_CHANGE);
+        self.needs_reset.store(true, Ordering::Release);
     }
 
     /// Whether DEVICE_NEEDS_RESET is pending.

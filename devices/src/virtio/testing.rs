@@ -98,6 +98,13 @@ impl MockDriver {
     /// if `event_idx`, EVENT_IDX), FEATURES_OK, `queue_count` queues of
     /// `queue_size`, DRIVER_OK. Returns the final status register.
     pub fn init(&mut self, queue_count: usize, queue_size: u16, event_idx: bool) -> u32 {
+        let all: Vec<usize> = (0..queue_count).collect();
+        self.init_queues(&all, queue_size, event_idx)
+    }
+
+    /// Like [`MockDriver::init`], setting up only the queues in `indices`
+    /// (EDK2's VirtioScsiDxe, for one, uses only the first request queue).
+    pub fn init_queues(&mut self, indices: &[usize], queue_size: u16, event_idx: bool) -> u32 {
         self.write_reg(0x70, 0);
         self.write_reg(0x70, STATUS_ACKNOWLEDGE);
         self.write_reg(0x70, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
@@ -116,8 +123,8 @@ impl MockDriver {
             0,
             "FEATURES_OK refused"
         );
-        self.queues = (0..queue_count).map(|_| None).collect();
-        for index in 0..queue_count {
+        self.queues = Vec::new();
+        for &index in indices {
             self.setup_queue(index, queue_size);
         }
         self.write_reg(0x70, status | STATUS_DRIVER_OK);
