@@ -358,3 +358,35 @@ impl Drop for BlockBackend {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<BlockBackend>();
+        shareable::<Arc<BlockBackend>>();
+    }
+
+    #[test]
+    fn refused_requests_complete_on_the_context_not_inline() {
+        let img = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+        img.as_file().set_len(4096).unwrap();
+        let ctx = AioContext::new().unwrap();
+        let b = BlockBackend::open(img.path(), &BlockOptions::default(), ctx.clone()).unwrap();
+        let got: Arc<Mutex<Option<IoResult>>> = Arc::default();
+        let slot = Arc::clone(&got);
+        b.aio_readv(8192, Vec::new(), move |r| *slot.lock().unwrap() = Some(r));
+        assert!(got.lock().unwrap().is_none(), "not run inside the call");
+        let _g = ctx.acquire();
+        ctx.poll_while(|| got.lock().unwrap().is_none());
+        let result = got.lock().unwrap().take().unwrap();
+        assert!(matches!(
+            result,
+            Err(BlockError::OutOfRange { op: Op::Read, .. })
+        ));
+        assert_eq!(b.in_flight(), 0);
+    }
+}
