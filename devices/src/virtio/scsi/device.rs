@@ -590,6 +590,19 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
         bounce,
     } = submission;
     let parts = requests.len();
+    if parts == 1 && bounce.is_none() {
+        // The common case (READ/WRITE/flush): one request, no join needed.
+        let shared_done = Arc::clone(shared);
+        let done = Box::new(move |result: Result<usize, BackendError>| {
+            shared_done.lock().complete_io(pending, result);
+        });
+        if let Some(request) = requests.into_iter().next() {
+            // SAFETY: as below — the buffers point into guest memory that stays
+            // mapped and owned by the device until `complete_io` returns the chain.
+            unsafe { backend.submit(request, done) };
+        }
+        return;
+    }
     let join = Arc::new(Mutex::new(Join {
         left: parts,
         result: Ok(0),
@@ -866,9 +879,11 @@ impl ScsiState {
         };
 
         let request_size = CMD_REQUEST_HEADER_SIZE + self.cdb_size;
-        let mut header = vec![0u8; request_size];
-        let parsed = request::read_from(&self.mem, &buffers.readable, &mut header)
-            .and_then(|()| parse_cmd_request(&header, self.cdb_size));
+        // cdb_size is bounded by VIRTIO_SCSI_CDB_MAX_SIZE: the header fits on the stack.
+        let mut header_buf = [0u8; CMD_REQUEST_HEADER_SIZE + VIRTIO_SCSI_CDB_MAX_SIZE as usize];
+        let header = &mut header_buf[..request_size];
+        let parsed = request::read_from(&self.mem, &buffers.readable, header)
+            .and_then(|()| parse_cmd_request(header, self.cdb_size));
         let cmd = match parsed {
             Ok(cmd) => cmd,
             Err(e) => {
