@@ -1,7 +1,7 @@
 //! The worker thread pool whose completions run on the context.
 //!
 //! Workers start lazily (up to `max_workers`) and retire after
-//! [`IDLE_RETIRE`] without work. A finished job's completion closure goes on the
+//! [`IDLE_RETIRE`] (configurable) without work. A finished job's completion closure goes on the
 //! pool's completion queue and the pool's completion BH is scheduled; that BH runs
 //! completions one by one and, like QEMU's `thread_pool_completion_bh`,
 //! reschedules itself before each callback while more completions remain, so a
@@ -19,7 +19,7 @@ use log::error;
 use crate::bh::BhCallback;
 use crate::{AioContext, BottomHalf};
 
-/// How long an idle worker waits for work before it exits.
+/// How long an idle worker waits for work before it exits, by default.
 pub const IDLE_RETIRE: Duration = Duration::from_secs(10);
 /// The default maximum number of workers (QEMU's default).
 pub const DEFAULT_MAX_WORKERS: usize = 64;
@@ -43,6 +43,7 @@ struct PoolState {
     /// Workers asleep on `work_ready`.
     idle: usize,
     max_workers: usize,
+    idle_retire: Duration,
     shutdown: bool,
     handles: Vec<JoinHandle<()>>,
 }
@@ -87,6 +88,7 @@ impl ThreadPool {
                     workers: 0,
                     idle: 0,
                     max_workers: DEFAULT_MAX_WORKERS,
+                    idle_retire: IDLE_RETIRE,
                     shutdown: false,
                     handles: Vec::new(),
                 }),
@@ -150,6 +152,12 @@ impl ThreadPool {
         }
     }
 
+    /// Sets how long an idle worker waits for work before it exits (takes effect
+    /// from each worker's next wait).
+    pub fn set_idle_retire(&self, after: Duration) {
+        lock(&self.inner.state).idle_retire = after;
+    }
+
     /// Sets the maximum number of worker threads (at least 1).
     pub fn set_max_workers(&self, n: usize) {
         lock(&self.inner.state).max_workers = n.max(1);
@@ -211,9 +219,10 @@ impl PoolInner {
                 break;
             }
             st.idle += 1;
+            let retire_after = st.idle_retire;
             let (guard, timeout) = self
                 .work_ready
-                .wait_timeout(st, IDLE_RETIRE)
+                .wait_timeout(st, retire_after)
                 .unwrap_or_else(|p| p.into_inner());
             st = guard;
             st.idle -= 1;

@@ -278,9 +278,10 @@ fn shutdown_cancels_queued_jobs_and_joins() {
 }
 
 #[test]
-fn idle_workers_retire_lazily_started() {
+fn workers_start_lazily_and_idle_ones_retire() {
     let ctx = AioContext::new().unwrap();
     let pool = ctx.thread_pool();
+    pool.set_idle_retire(Duration::from_millis(30));
     assert_eq!(pool.workers(), 0, "workers start lazily");
     let (c, get) = counter();
     pool.submit(
@@ -290,8 +291,38 @@ fn idle_workers_retire_lazily_started() {
         },
     );
     assert_eq!(pool.workers(), 1);
+    {
+        let _g = ctx.acquire();
+        ctx.poll_while(|| get() == 0);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pool.workers() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(pool.workers(), 0, "idle worker did not retire");
+    // A new job starts a new worker.
+    let (c2, get2) = counter();
+    pool.submit(
+        || (),
+        move |_| {
+            c2.fetch_add(1, Ordering::SeqCst);
+        },
+    );
     let _g = ctx.acquire();
-    ctx.poll_while(|| get() == 0);
+    ctx.poll_while(|| get2() == 0);
+}
+
+#[test]
+fn public_types_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<AioContext>();
+    check::<event_loop::BottomHalf>();
+    check::<event_loop::Timer>();
+    check::<event_loop::ThreadPool>();
+    check::<event_loop::JobHandle>();
+    check::<event_loop::Error>();
+    fn check_send<T: Send>() {}
+    check_send::<IoThread>();
 }
 
 #[test]
