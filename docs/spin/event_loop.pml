@@ -7,14 +7,15 @@
  * thread scheduling a BH. Each step's comment names the code it stands for.
  *
  * Run (event-loop/tests/spin_models.rs does exactly this in CI):
- *   spin -a event_loop.pml           && gcc -o pan pan.c && ./pan -a -m100000
- *       -> the real algorithm: "errors: 0" (no invalid end state, no violation
- *          of the LTL property `all_work_done`)
- *   spin -DBUG_A -a event_loop.pml   && gcc ... && ./pan -a -m100000
- *       -> failure (a), notify skipped while "dispatching": errors, trail written
- *   spin -DBUG_B -a event_loop.pml   && gcc ... && ./pan -a -m100000
- *       -> failure (b), nested poll clears the notifier after its scan: errors, trail
- *   spin -t -p event_loop.pml        -> replays the trail
+ *   spin -a event_loop.pml
+ *   gcc -O0 -DSAFETY -DNOCLAIM -o pan_safety pan.c && ./pan_safety -m100000
+ *       -> "errors: 0": no invalid end state (no thread left waiting for a BH)
+ *   gcc -O0 -o pan_ltl pan.c && ./pan_ltl -a -m100000
+ *       -> "errors: 0": the LTL property `all_work_done` holds (no fairness needed)
+ *   The same with `spin -DBUG_A -a event_loop.pml` (failure (a): notify skipped
+ *   while "dispatching") and `spin -DBUG_B -a ...` (failure (b): the nested poll
+ *   clears the notifier after its scan): both searches report errors and write
+ *   event_loop.pml.trail; `spin -DBUG_A -t -p event_loop.pml` replays it.
  *
  * Promela is sequentially consistent: this model checks the interleavings of
  * (a) and (b). Failure (c) (store buffering around the SeqCst fences) is a
