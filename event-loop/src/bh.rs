@@ -167,3 +167,56 @@ pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
     }
     progress
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::AioContext;
+    use std::sync::atomic::AtomicUsize;
+
+    #[test]
+    fn schedule_after_idle_upgrades_and_publishes_once() {
+        let ctx = AioContext::new().unwrap();
+        let bh = ctx.new_bh("x", || {});
+        let e0 = ctx.shared.core.snapshot();
+        bh.schedule_idle();
+        assert_eq!(
+            ctx.shared.core.snapshot(),
+            e0,
+            "idle schedule does not publish"
+        );
+        bh.schedule();
+        assert_eq!(ctx.shared.core.snapshot(), e0 + 1);
+        bh.schedule();
+        assert_eq!(
+            ctx.shared.core.snapshot(),
+            e0 + 1,
+            "already pending: no publish"
+        );
+        assert_eq!(ctx.shared.take_bh_queue().len(), 1, "queued once");
+    }
+
+    #[test]
+    fn dispatch_runs_a_rescheduled_bh_on_the_next_pass_only() {
+        let ctx = AioContext::new().unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let slot: Arc<Mutex<Option<BottomHalf>>> = Arc::default();
+        let (r, s) = (runs.clone(), slot.clone());
+        let bh = ctx.new_bh("again", move || {
+            r.fetch_add(1, Ordering::SeqCst);
+            if let Some(b) = s.lock().unwrap().as_ref() {
+                b.schedule();
+            }
+        });
+        *slot.lock().unwrap() = Some(bh.clone());
+        bh.schedule();
+        let _g = ctx.acquire();
+        assert!(dispatch_queue(&ctx.shared));
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(bh.is_scheduled());
+        slot.lock().unwrap().take();
+        assert!(dispatch_queue(&ctx.shared));
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert!(!dispatch_queue(&ctx.shared));
+    }
+}

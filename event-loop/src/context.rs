@@ -521,3 +521,60 @@ impl Drop for AioContext {
         drop(self.shared.take_bh_queue());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "without the context lock")]
+    fn poll_without_the_lock_is_refused() {
+        let ctx = AioContext::new().unwrap();
+        ctx.poll(false);
+    }
+
+    #[test]
+    fn notify_writes_the_eventfd_only_for_announced_sleepers() {
+        let ctx = AioContext::new().unwrap();
+        ctx.notify();
+        assert_eq!(ctx.eventfd_writes(), 0);
+        let snap = ctx.shared.core.snapshot();
+        assert!(ctx.shared.core.announce(snap));
+        ctx.notify();
+        assert_eq!(ctx.eventfd_writes(), 1);
+        ctx.shared.core.retire();
+        // The write is consumed by the next lock holder's poll, before its BH scan.
+        let _g = ctx.acquire();
+        assert!(!ctx.poll(false));
+        assert!(ctx.trace_dump().contains("NotifierCleared(1)"));
+    }
+
+    #[test]
+    fn stale_tokens_find_no_handler() {
+        let ctx = AioContext::new().unwrap();
+        let _g = ctx.acquire();
+        assert!(!ctx.dispatch_fd(FIRST_USER_TOKEN + 1000, EventSet::IN));
+    }
+
+    #[test]
+    fn recursive_acquire_and_nested_poll_from_a_bh() {
+        let ctx = AioContext::new().unwrap();
+        let inner_ran = Arc::new(AtomicUsize::new(0));
+        let i2 = inner_ran.clone();
+        let inner = ctx.new_bh("inner", move || {
+            i2.fetch_add(1, Ordering::SeqCst);
+        });
+        let (c2, inner2, i3) = (ctx.clone(), inner.clone(), inner_ran.clone());
+        let outer = ctx.new_bh("outer", move || {
+            // A handler running a nested poll on its own context (lock is recursive).
+            let _g = c2.acquire();
+            inner2.schedule();
+            c2.poll_while(|| i3.load(Ordering::SeqCst) == 0);
+        });
+        outer.schedule();
+        let _g = ctx.acquire();
+        assert!(ctx.poll(false));
+        assert_eq!(inner_ran.load(Ordering::SeqCst), 1);
+        drop(outer); // the closure holds a context clone
+    }
+}

@@ -133,3 +133,42 @@ pub(crate) fn run_expired(shared: &Shared) -> bool {
     }
     progress
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::AioContext;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn earlier_arm_reprograms_later_does_not() {
+        let ctx = AioContext::new().unwrap();
+        let t = ctx.new_timer(|| {});
+        let far = super::now_ns() + 60_000_000_000;
+        t.arm_at(far);
+        assert_eq!(ctx.shared.lock_timers().programmed, far);
+        t.arm_at(far + 1);
+        assert_eq!(
+            ctx.shared.lock_timers().programmed,
+            far,
+            "later: no syscall"
+        );
+        t.arm_at(far - 1);
+        assert_eq!(ctx.shared.lock_timers().programmed, far - 1);
+    }
+
+    #[test]
+    fn a_timer_armed_in_the_past_fires_on_the_next_poll() {
+        let ctx = AioContext::new().unwrap();
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let t = ctx.new_timer(move || {
+            n2.fetch_add(1, Ordering::SeqCst);
+        });
+        t.arm_at(0);
+        let _g = ctx.acquire();
+        ctx.poll_while(|| n.load(Ordering::SeqCst) == 0);
+        assert!(!t.is_armed());
+        assert_eq!(ctx.shared.lock_timers().programmed, super::DISARMED);
+    }
+}
