@@ -158,6 +158,15 @@ pub fn host_bufs(
             break;
         }
         let n = u64::from(range.len).min(left);
+        // Fast path: the range lies in one region (always, with one RAM region).
+        if let Ok(slice) = GuestMemoryBackend::get_slice(mem, range.addr, n as usize) {
+            bufs.push(HostBuf {
+                ptr: slice.ptr_guard_mut().as_ptr(),
+                len: slice.len(),
+            });
+            left -= n;
+            continue;
+        }
         let mut covered = 0u64;
         for slice in GuestMemoryBackend::get_slices(mem, range.addr, n as usize) {
             let slice = slice.map_err(|_| RequestError::BadAddress(range.addr.raw_value()))?;
@@ -491,5 +500,30 @@ mod tests {
         assert!(write_to(&mem, &outside, &[0; 0x20]).is_err());
         let mut big = [0u8; 9];
         assert!(read_from(&mem, &ranges, &mut big).is_err());
+    }
+
+    #[test]
+    fn host_bufs_split_a_range_crossing_two_regions() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x1000), 0x1000),
+        ])
+        .unwrap();
+        let ranges = [GuestRange {
+            addr: GuestAddress(0xf00),
+            len: 0x200,
+        }];
+        let bufs = host_bufs(&mem, &ranges, 0x200).unwrap();
+        assert_eq!(bufs.len(), 2);
+        assert_eq!((bufs[0].len, bufs[1].len), (0x100, 0x100));
+        let gap = GuestMemoryMmap::<()>::from_ranges(&[
+            (GuestAddress(0), 0x1000),
+            (GuestAddress(0x2000), 0x1000),
+        ])
+        .unwrap();
+        assert!(
+            host_bufs(&gap, &ranges, 0x200).is_err(),
+            "hole between regions"
+        );
     }
 }
