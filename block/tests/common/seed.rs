@@ -44,6 +44,10 @@ pub struct SeedConfig {
 pub struct SeedStats {
     pub sync_writes: u64,
     pub async_requests: u64,
+    /// The slowest synchronous write, whole (lock wait included).
+    pub slowest_sync_write: Duration,
+    /// The longest wait for the context lock before a synchronous write.
+    pub longest_lock_wait: Duration,
 }
 
 struct Pump {
@@ -118,9 +122,14 @@ pub fn run_seed(cfg: &SeedConfig) -> Result<SeedStats, Hang> {
     }
 
     let sync_done = Arc::new(AtomicU64::new(0));
+    let slowest_ns = Arc::new(AtomicU64::new(0));
+    let lock_wait_ns = Arc::new(AtomicU64::new(0));
     let abort = Arc::new(AtomicBool::new(false));
     let model = Arc::new(Mutex::new(vec![0u8; VARSTORE as usize]));
     let vcpu = {
+        let slowest_ns = Arc::clone(&slowest_ns);
+        let lock_wait_ns = Arc::clone(&lock_wait_ns);
+        let ctx = ctx.clone();
         let (backend, pump, sync_done, abort, model) = (
             Arc::clone(&backend),
             Arc::clone(&pump),
@@ -144,9 +153,16 @@ pub fn run_seed(cfg: &SeedConfig) -> Result<SeedStats, Hang> {
                         rng.fill(&mut d[..]);
                         (off, d)
                     };
+                    let started = std::time::Instant::now();
+                    // Take the lock first (as a vCPU in a device handler would) to
+                    // tell the wait for it apart from the write itself.
+                    let guard = ctx.acquire();
+                    lock_wait_ns.fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     let n = backend
                         .pwrite(DISK_REGION + offset, &data)
                         .map_err(|e| format!("sync write {i}: {e}"))?;
+                    drop(guard);
+                    slowest_ns.fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
                     assert_eq!(n, data.len());
                     let o = offset as usize;
                     model.lock().unwrap()[o..o + data.len()].copy_from_slice(&data);
@@ -211,5 +227,7 @@ pub fn run_seed(cfg: &SeedConfig) -> Result<SeedStats, Hang> {
     Ok(SeedStats {
         sync_writes: sync_done.load(Ordering::Relaxed),
         async_requests: pump.done.load(Ordering::Relaxed),
+        slowest_sync_write: Duration::from_nanos(slowest_ns.load(Ordering::Relaxed)),
+        longest_lock_wait: Duration::from_nanos(lock_wait_ns.load(Ordering::Relaxed)),
     })
 }
