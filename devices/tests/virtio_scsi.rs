@@ -874,3 +874,85 @@ fn firmware_style_driver_with_one_queue_and_no_event_idx() {
     drop(driver);
     iothread.stop();
 }
+
+/// With 4+ reads at the disk the device stops asking for kicks and finds new
+/// requests when one completes; a flush in flight keeps kicks on, so nothing
+/// waits behind a slow request.
+#[test]
+fn kicks_are_suppressed_only_while_fast_requests_are_at_the_disk() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Deferred)]);
+    rig.clear_unit_attention(0, 0);
+    let wait_pending = |rig: &Rig, n: usize| {
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while rig.disks[0].pending() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watchdog: {n} requests not at the disk"
+            );
+            std::thread::yield_now();
+        }
+    };
+    let inquiry = [0x12, 0, 0, 0, 36, 0];
+    for i in 0..5u32 {
+        ScsiRequestBuilder::submit(
+            &mut rig.driver,
+            2,
+            lun_bytes(0, 0),
+            u64::from(i),
+            &read10(i, 1),
+            &[],
+            512,
+        )
+        .unwrap();
+    }
+    assert!(rig.driver.kick_if_needed(2), "first batch kicks");
+    wait_pending(&rig, 5);
+    ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 9, &inquiry, &[], 36).unwrap();
+    assert!(!rig.driver.kick_if_needed(2), "device asked for no kick");
+    assert_eq!(rig.complete_deferred(0), 5);
+    let used = rig.driver.wait_used(2, 6, TIMEOUT);
+    assert_eq!(
+        used.len(),
+        6,
+        "the un-kicked INQUIRY was found by a completion"
+    );
+
+    rig.driver.reset_alloc();
+    for i in 0..4u32 {
+        ScsiRequestBuilder::submit(
+            &mut rig.driver,
+            2,
+            lun_bytes(0, 0),
+            u64::from(i),
+            &read10(i, 1),
+            &[],
+            512,
+        )
+        .unwrap();
+    }
+    ScsiRequestBuilder::submit(
+        &mut rig.driver,
+        2,
+        lun_bytes(0, 0),
+        8,
+        &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[],
+        0,
+    )
+    .unwrap();
+    assert!(rig.driver.kick_if_needed(2));
+    wait_pending(&rig, 5);
+    ScsiRequestBuilder::submit(&mut rig.driver, 2, lun_bytes(0, 0), 9, &inquiry, &[], 36).unwrap();
+    assert!(
+        rig.driver.kick_if_needed(2),
+        "a flush in flight keeps kicks on"
+    );
+    let used = rig.driver.wait_used(2, 1, TIMEOUT);
+    assert_eq!(
+        used[0].1,
+        108 + 36,
+        "INQUIRY answered while the flush is pending"
+    );
+    assert_eq!(rig.complete_deferred(0), 5);
+    rig.driver.wait_used(2, 5, TIMEOUT);
+}

@@ -122,6 +122,8 @@ struct PendingIo {
     transfer: u64,
     is_read: bool,
     error_sense: Sense,
+    /// Counted in `queue_slow_in_flight`.
+    slow: bool,
     seq: u64,
     epoch: u64,
 }
@@ -181,6 +183,10 @@ struct ScsiState {
     broken: bool,
     /// Per queue: requests at the disk.
     queue_in_flight: Vec<usize>,
+    /// Per queue: of those, the ones that may take long (flush, discard,
+    /// write-zeroes): while any is in flight, kicks are never suppressed, so
+    /// other requests of the queue do not wait behind it.
+    queue_slow_in_flight: Vec<usize>,
     /// Per queue: kicks are suppressed; completions look for new requests.
     polling: Vec<bool>,
     /// Per queue: used entries added since the last interrupt decision.
@@ -294,6 +300,10 @@ impl VirtioScsi {
             events_dropped: false,
             broken: false,
             queue_in_flight: vec![0; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
+            queue_slow_in_flight: vec![
+                0;
+                FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)
+            ],
             polling: vec![false; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
             needs_notify: vec![false; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
             completion_bhs: Vec::new(),
@@ -762,7 +772,9 @@ impl ScsiState {
             }
             // Enough requests at the disk: a completion is coming, which looks
             // for new requests; no kick needed until then.
-            if self.queue_in_flight.get(index).copied().unwrap_or(0) >= POLL_MIN_IN_FLIGHT {
+            let in_flight = self.queue_in_flight.get(index).copied().unwrap_or(0);
+            let slow = self.queue_slow_in_flight.get(index).copied().unwrap_or(0);
+            if in_flight >= POLL_MIN_IN_FLIGHT && slow == 0 {
                 self.polling[index] = true;
                 break;
             }
@@ -1052,8 +1064,18 @@ impl ScsiState {
         };
         let seq = self.next_seq;
         self.next_seq += 1;
+        let slow = bounce.is_some()
+            || !matches!(
+                requests.as_slice(),
+                [BackendRequest::Read { .. }] | [BackendRequest::Write { .. }]
+            );
         if let Some(count) = self.queue_in_flight.get_mut(queue) {
             *count += 1;
+        }
+        if slow {
+            if let Some(count) = self.queue_slow_in_flight.get_mut(queue) {
+                *count += 1;
+            }
         }
         self.in_flight.insert(
             seq,
@@ -1073,6 +1095,7 @@ impl ScsiState {
                 transfer,
                 is_read,
                 error_sense,
+                slow,
                 seq,
                 epoch: self.epoch,
             },
@@ -1153,6 +1176,11 @@ impl ScsiState {
         self.in_flight.remove(&pending.seq);
         if let Some(count) = self.queue_in_flight.get_mut(pending.queue) {
             *count = count.saturating_sub(1);
+        }
+        if pending.slow {
+            if let Some(count) = self.queue_slow_in_flight.get_mut(pending.queue) {
+                *count = count.saturating_sub(1);
+            }
         }
         if pending.epoch == self.epoch {
             let ok = match &result {
