@@ -16,11 +16,15 @@ need_kvm() {
     [ -c /dev/kvm ] || fail "/dev/kvm is missing: is the emulator run with virtualization=on?"
 }
 
+# hangar_alive: true while the hangar started by start_hangar runs (or none was started).
+hangar_alive() { [ -z "$HANGAR_PID" ] || kill -0 "$HANGAR_PID" 2>/dev/null; }
+
 # wait_for PATTERN FILE SECONDS: until FILE contains PATTERN (fixed string).
 wait_for() {
     _deadline=$(( $(now_ms) + $3 * 1000 ))
     while ! grep -qF -- "$1" "$2" 2>/dev/null; do
         [ "$(now_ms)" -lt "$_deadline" ] || return 1
+        hangar_alive || { grep -qF -- "$1" "$2" 2>/dev/null; return; }
         sleep 0.2
     done
 }
@@ -63,6 +67,7 @@ wait_after() {
     _deadline=$(( $(now_ms) + $4 * 1000 ))
     while ! tail -c +"$(( $1 + 1 ))" "$3" 2>/dev/null | grep -qF -- "$2"; do
         [ "$(now_ms)" -lt "$_deadline" ] || return 1
+        hangar_alive || { tail -c +"$(( $1 + 1 ))" "$3" | grep -qF -- "$2"; return; }
         sleep 0.2
     done
 }

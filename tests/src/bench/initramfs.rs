@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use super::cpio::CpioWriter;
+use super::disk_images;
 use super::guest_kit::GuestKit;
 use super::{progress, workspace_root, BenchError};
 
@@ -96,6 +97,11 @@ pub fn build(kit: &GuestKit, hangar: &Path, work: &Path) -> Result<PathBuf, Benc
             });
         }
         add_file(&mut cpio, file.trim_start_matches('/'), 0o644, path)?;
+    }
+
+    cpio.dir("disks").map_err(io)?;
+    for (name, image) in disk_images::build(work)? {
+        add_file(&mut cpio, &format!("disks/{name}"), 0o644, &image)?;
     }
 
     add_file(&mut cpio, "guest/Image", 0o644, &kit.kernel)?;

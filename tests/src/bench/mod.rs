@@ -6,6 +6,7 @@
 
 mod cmd;
 mod cpio;
+pub mod disk_images;
 pub mod error;
 pub mod guest_kit;
 pub mod initramfs;

@@ -10,6 +10,7 @@
 
 mod console;
 mod flash;
+mod scsi;
 mod vm_slot;
 
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -91,6 +92,8 @@ pub enum MachineError {
     VcpuFailed { vcpu: u64, message: String },
     #[error("MMIO layout")]
     Bus(#[from] crate::bus::OverlapError),
+    #[error(transparent)]
+    Scsi(#[from] scsi::ScsiError),
 }
 
 /// The first SIGTERM/SIGINT received (0 = none).
@@ -113,6 +116,10 @@ pub struct Machine {
     vars: Arc<BlockBackend>,
     uart: Arc<Mutex<Pl011>>,
     rtc: Arc<Mutex<Pl031>>,
+    scsi: Option<scsi::ScsiController>,
+    /// Guest RAM lives as long as the machine: devices doing DMA keep a handle,
+    /// and a reboot in place keeps its contents (as real hardware would).
+    mem: GuestMemoryMmap,
     events_tx: Sender<VmEvent>,
     events_rx: Receiver<VmEvent>,
     /// Keeps the terminal in raw mode while the machine lives.
@@ -182,6 +189,13 @@ impl Machine {
                 .map_err(MachineError::IoThread)?;
         }
 
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(
+            GuestAddress(layout::RAM_BASE),
+            cfg.memory as usize,
+        )])
+        .map_err(|e| MachineError::Memory(cfg.memory >> 20, e))?;
+        let scsi = scsi::ScsiController::create(&cfg.disks, &ctx, &mem, cfg.cpus)?;
+
         install_kick_handler().map_err(MachineError::Signals)?;
         for sig in [libc::SIGTERM, libc::SIGINT] {
             vmm_sys_util::signal::register_signal_handler(sig, handle_terminate)
@@ -200,6 +214,8 @@ impl Machine {
             vars,
             uart,
             rtc: Arc::new(Mutex::new(Pl031::new())),
+            scsi,
+            mem,
             events_tx,
             events_rx,
             _console: console,
@@ -254,16 +270,15 @@ impl Machine {
         lock(&self.flash0).reset();
         lock(&self.flash1).reset();
         lock(&self.uart).reset();
+        if let Some(scsi) = &self.scsi {
+            scsi.reset();
+        }
     }
 
     fn boot_once(&mut self) -> Result<VmEvent, MachineError> {
         let cpus = u64::from(self.cfg.cpus);
         let vm = Arc::new(self.kvm.create_vm().map_err(MachineError::CreateVm)?);
-        let mem = GuestMemoryMmap::<()>::from_ranges(&[(
-            GuestAddress(layout::RAM_BASE),
-            self.cfg.memory as usize,
-        )])
-        .map_err(|e| MachineError::Memory(self.cfg.memory >> 20, e))?;
+        let mem = self.mem.clone();
         for region in mem.iter() {
             let desc = kvm_userspace_memory_region {
                 slot: SLOT_RAM,
@@ -272,8 +287,8 @@ impl Machine {
                 memory_size: region.len(),
                 userspace_addr: region.as_ptr() as u64,
             };
-            // SAFETY: `mem` outlives the VM: the VM (and every vCPU) is dropped
-            // at the end of this function before `mem` (declared earlier).
+            // SAFETY: the machine owns the guest memory for its whole life and
+            // every VM (with its vCPUs) is dropped at the end of this function.
             unsafe { vm.set_user_memory_region(desc) }
                 .map_err(|e| MachineError::MemorySlot(SLOT_RAM, e))?;
         }
@@ -314,12 +329,15 @@ impl Machine {
             vcpus.push(vcpu);
         }
         let gic = Gic::create(vm, cpus)?;
+        if let Some(scsi) = &self.scsi {
+            scsi.attach(vm)?;
+        }
 
         let blob = fdt::build(&fdt::FdtConfig {
             vcpus: self.cfg.cpus,
             ram_size: self.cfg.memory,
             gic: gic.version,
-            virtio_mmio: 0,
+            virtio_mmio: u32::from(self.scsi.is_some()),
             bootargs: None,
         })?;
         mem.write_slice(&blob, GuestAddress(layout::RAM_BASE))
@@ -402,6 +420,14 @@ impl Machine {
             layout::RTC_SIZE,
             self.rtc.clone(),
         )?;
+        if let Some(scsi) = &self.scsi {
+            bus.insert(
+                "virtio-scsi",
+                scsi.base(),
+                scsi.size(),
+                scsi.transport.clone(),
+            )?;
+        }
         Ok(bus)
     }
 }

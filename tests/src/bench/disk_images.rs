@@ -1,0 +1,42 @@
+//! FAT disk images for the firmware scenarios, made on the host with
+//! dosfstools and mtools (no mounting, no root needed): an EFI system partition
+//! holding `startup.nsh`, and a second data disk.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::{cmd, workspace_root, BenchError};
+
+/// Builds the images in `work` and returns `(name in /disks, path)` pairs.
+pub fn build(work: &Path) -> Result<Vec<(String, PathBuf)>, BenchError> {
+    let payloads = workspace_root().join("tests/payloads");
+    let esp = fat_image(work, "esp.img", 32, "HANGARESP")?;
+    mcopy(&esp, &payloads.join("startup.nsh"), "::/startup.nsh")?;
+    let data = fat_image(work, "data.img", 16, "HANGARDATA")?;
+    mcopy(&data, &payloads.join("startup.nsh"), "::/README.nsh")?;
+    Ok(vec![("esp.img".into(), esp), ("data.img".into(), data)])
+}
+
+fn fat_image(work: &Path, name: &str, mib: u32, label: &str) -> Result<PathBuf, BenchError> {
+    let path = work.join(name);
+    let _ = std::fs::remove_file(&path);
+    cmd::output(
+        Command::new("mkfs.vfat")
+            .args(["-C", "-n", label])
+            .arg(&path)
+            .arg((mib * 1024).to_string()),
+    )?;
+    Ok(path)
+}
+
+fn mcopy(image: &Path, file: &Path, dest: &str) -> Result<(), BenchError> {
+    cmd::output(
+        Command::new("mcopy")
+            .arg("-o")
+            .arg("-i")
+            .arg(image)
+            .arg(file)
+            .arg(dest),
+    )
+    .map(|_| ())
+}
