@@ -5,10 +5,10 @@
 //! Must not depend on: vmm or KVM ioctls (the VMM hands devices eventfds and guest
 //! memory), and never opens image files itself (that is `block`'s job).
 
+pub mod console;
 pub mod irq;
 pub mod mmio;
 pub mod pflash;
-pub mod virtio;
-pub mod console;
 pub mod pl011;
 pub mod pl031;
+pub mod virtio;
