@@ -14,6 +14,7 @@ pub mod lock;
 pub mod markers;
 pub mod prereq;
 pub mod qemu;
+pub mod reference;
 pub mod xbuild;
 
 use std::path::{Path, PathBuf};

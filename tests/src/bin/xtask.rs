@@ -53,6 +53,9 @@ enum Task {
         #[arg(default_value = "console")]
         scenario: String,
     },
+    /// Boot-time figure: Hangar (nested KVM) to the UEFI shell next to the host's
+    /// QEMU (TCG) booting the same AAVMF, measured in one run.
+    BootTimes,
     /// Run every test: prepare the bench, then `cargo test --workspace`
     /// (native tests, model checks and the nested end-to-end scenarios).
     Test,
@@ -94,6 +97,7 @@ fn run(task: Task) -> Result<ExitCode, BenchError> {
                 ExitCode::FAILURE
             })
         }
+        Task::BootTimes => boot_times(),
         Task::Test => {
             Bench::prepare()?;
             let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -112,6 +116,40 @@ fn run(task: Task) -> Result<ExitCode, BenchError> {
             })
         }
     }
+}
+
+fn boot_times() -> Result<ExitCode, BenchError> {
+    let bench = Bench::prepare()?;
+    let verdict = bench.run_scenario("uefi-shell", Duration::from_secs(480))?;
+    if !verdict.passed() {
+        eprintln!("{}", verdict.explain());
+        return Ok(ExitCode::FAILURE);
+    }
+    let ms = |k: &str| -> f64 {
+        verdict
+            .value(k)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+            / 1000.0
+    };
+    let qemu = bench::reference::qemu_tcg_to_shell(Duration::from_secs(300))?;
+    let (h_total, h_countdown) = (ms("to_shell_ms"), ms("countdown_ms"));
+    let q_total = qemu.to_shell.as_secs_f64();
+    let q_countdown = (qemu.to_shell - qemu.to_countdown).as_secs_f64();
+    println!("AAVMF to the UEFI shell prompt (fresh variable store, 1 vCPU, 512 MiB):");
+    println!(
+        "  hangar, nested KVM:   {h_total:6.1}s = {:5.1}s firmware + {h_countdown:4.1}s firmware countdown",
+        h_total - h_countdown
+    );
+    println!(
+        "  host QEMU, TCG:       {q_total:6.1}s = {:5.1}s firmware + {q_countdown:4.1}s firmware countdown",
+        q_total - q_countdown
+    );
+    println!(
+        "  ratio hangar/QEMU (firmware part): {:.2}x",
+        (h_total - h_countdown) / (q_total - q_countdown)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn boot(timeout: u64) -> Result<ExitCode, BenchError> {
