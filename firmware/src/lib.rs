@@ -16,6 +16,7 @@
 pub mod descriptor;
 mod error;
 pub mod image;
+pub mod payload;
 pub mod varstore;
 
 pub use descriptor::{DescriptorSearch, FirmwareFiles, Selection};

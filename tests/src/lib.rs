@@ -6,6 +6,7 @@
 //!
 //! Owns: installing the bench's prerequisites, fetching guest software into a
 //! cache, cross-building, packing the initramfs, booting it and judging the result.
-//! Must not depend on: any Hangar crate (it drives the `hangar` binary from outside).
+//! Must not depend on: any Hangar crate but `firmware` (for boot-loop payloads);
+//! it drives the `hangar` binary from outside.
 
 pub mod bench;

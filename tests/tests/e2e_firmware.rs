@@ -58,3 +58,20 @@ fn aavmf_runs_startup_nsh_from_a_virtio_scsi_disk_and_powers_off() {
     assert_eq!(verdict.value("exit_status"), Some("0"));
     assert!(ms(&verdict, "filesystems") >= 1, "{}", verdict.explain());
 }
+
+#[test]
+fn bootloop_counts_resets_and_reports_a_hang_with_trace() {
+    let verdict = bench::expect_pass("bootloop", Duration::from_secs(900));
+    assert_eq!(
+        verdict.value("boots_completed"),
+        Some("3"),
+        "{}",
+        verdict.explain()
+    );
+    assert_eq!(
+        verdict.value("hang_exit"),
+        Some("2"),
+        "{}",
+        verdict.explain()
+    );
+}

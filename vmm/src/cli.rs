@@ -38,6 +38,18 @@ pub enum Command {
     /// sends a literal Ctrl-A.
     #[command(verbatim_doc_comment)]
     Run(RunArgs),
+    /// Boot-loop reproducer: boot the firmware again and again (each guest
+    /// reset starts the next boot in place) and catch the rare hang.
+    ///
+    /// The guest must reset by itself, e.g. a startup.nsh on a --disk that writes
+    /// a variable and runs `reset`. A boot that does not reset within
+    /// --boot-timeout is a hang: hangar prints each vCPU's state and the
+    /// iothread's event-loop trace, and exits with status 2.
+    ///
+    /// Example:
+    ///   hangar bootloop --boots 200 --boot-timeout 120 --disk path=esp.img --vars v.fd
+    #[command(verbatim_doc_comment)]
+    Bootloop(BootloopArgs),
     /// Check that this host can run aarch64 KVM guests: runs a five-instruction
     /// guest that stores 0xcafef00d to 0x09000000 and prints the MMIO exit.
     ///
@@ -87,6 +99,20 @@ pub struct RunArgs {
     /// The VM's name: names its state directory.
     #[arg(long, default_value = "default")]
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BootloopArgs {
+    /// How many boots (guest resets) make a successful run.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub boots: u32,
+
+    /// Seconds one boot may take before it counts as a hang.
+    #[arg(long, default_value_t = 300, value_name = "SECS")]
+    pub boot_timeout: u64,
+
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Log level from `-v` count; `RUST_LOG` wins when set.

@@ -14,6 +14,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Bootloop(args) => match vmm::run::bootloop(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("hangar: {}", format_error_chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         Command::Selftest => match vmm::selftest::run() {
             Ok(report) => {
                 println!("{report}");

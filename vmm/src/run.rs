@@ -4,7 +4,9 @@ use block::DiskSpec;
 use devices::console::ConsoleSpec;
 use firmware::DescriptorSearch;
 
-use crate::cli::RunArgs;
+use std::time::Duration;
+
+use crate::cli::{BootloopArgs, RunArgs};
 use crate::config::{parse_size, ConfigError, RunConfig};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +21,8 @@ pub enum RunError {
         #[source]
         source: block::BlockError,
     },
+    #[error("bootloop: {0}")]
+    BootLoop(&'static str),
     #[error("hangar runs aarch64 guests with KVM and needs an aarch64 host (this is {0}); on x86_64 use the bench: `cargo xtask console`")]
     WrongHost(&'static str),
     #[cfg(target_arch = "aarch64")]
@@ -60,21 +64,67 @@ pub fn run(args: &RunArgs) -> Result<u8, RunError> {
     if fw.vars.created {
         eprintln!("hangar: created variable store {}", fw.vars.path.display());
     }
-    start(cfg, fw)
+    start(cfg, fw, None)
+}
+
+/// The boot-loop reproducer; exit status 0 (all boots reset), 2 (hang).
+pub fn bootloop(args: &BootloopArgs) -> Result<u8, RunError> {
+    if args.boots == 0 || args.boot_timeout == 0 {
+        return Err(RunError::BootLoop(
+            "--boots and --boot-timeout must be at least 1",
+        ));
+    }
+    let cfg = config_from_args(&args.run)?;
+    let fw = cfg.resolve_firmware(&DescriptorSearch::system())?;
+    start(
+        cfg,
+        fw,
+        Some((args.boots, Duration::from_secs(args.boot_timeout))),
+    )
 }
 
 #[cfg(target_arch = "aarch64")]
-fn start(cfg: RunConfig, fw: crate::config::ResolvedFirmware) -> Result<u8, RunError> {
-    use crate::machine::{Exit, Machine};
+fn start(
+    cfg: RunConfig,
+    fw: crate::config::ResolvedFirmware,
+    boot_loop: Option<(u32, Duration)>,
+) -> Result<u8, RunError> {
+    use crate::machine::{BootLoop, Exit, Machine};
     let mut machine = Machine::new(cfg, fw)?;
+    if let Some((boots, boot_timeout)) = boot_loop {
+        machine.set_boot_loop(BootLoop {
+            boots,
+            boot_timeout,
+        });
+    }
     let exit = machine.run()?;
     log::info!("machine ended: {exit:?} after {} boot(s)", machine.boots);
-    Ok(match exit {
-        Exit::PowerOff | Exit::Quit | Exit::Signal(_) => 0,
-    })
+    match exit {
+        Exit::PowerOff if boot_loop.is_some() => Err(RunError::BootLoop(
+            "the guest powered off instead of resetting; a boot-loop payload must reset",
+        )),
+        Exit::PowerOff | Exit::Quit | Exit::Signal(_) => Ok(0),
+        Exit::BootLoopDone => {
+            let mut times: Vec<f64> = machine.boot_times.iter().map(|t| t.as_secs_f64()).collect();
+            times.sort_by(f64::total_cmp);
+            println!(
+                "hangar bootloop: {} boots, no hang; per boot min {:.1}s, median {:.1}s, max {:.1}s",
+                times.len(),
+                times[0],
+                times[times.len() / 2],
+                times[times.len() - 1]
+            );
+            Ok(0)
+        }
+        Exit::Hang => Ok(2),
+    }
 }
 
 #[cfg(not(target_arch = "aarch64"))]
-fn start(_cfg: RunConfig, _fw: crate::config::ResolvedFirmware) -> Result<u8, RunError> {
+fn start(
+    _cfg: RunConfig,
+    _fw: crate::config::ResolvedFirmware,
+    _boot_loop: Option<(u32, Duration)>,
+) -> Result<u8, RunError> {
     Err(RunError::WrongHost(std::env::consts::ARCH))
 }

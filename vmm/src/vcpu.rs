@@ -16,7 +16,7 @@
 //! teardown) and performs one volatile store.
 
 use std::cell::Cell;
-use std::sync::atomic::{fence, AtomicBool, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -36,6 +36,8 @@ pub enum VmEvent {
     Quit,
     /// SIGTERM or SIGINT arrived.
     Terminate(i32),
+    /// The boot-loop watchdog fired: no reset within the boot timeout.
+    Hang,
     /// A vCPU hit an error or an exit it cannot handle.
     Fatal {
         vcpu: u64,
@@ -75,9 +77,35 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(kick_signal(), handle_kick)
 }
 
+/// What a vCPU thread is doing, for the hang report. Relaxed atomics: these
+/// order nothing, they are read only to describe the threads.
+#[derive(Debug, Default)]
+pub struct VcpuStatus {
+    in_kvm_run: AtomicBool,
+    exits: AtomicU64,
+    last_mmio: AtomicU64,
+}
+
+impl VcpuStatus {
+    /// One line: where the thread is and how many exits it handled.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}, {} exits, last MMIO access at {:#x}",
+            if self.in_kvm_run.load(Ordering::Relaxed) {
+                "in KVM_RUN"
+            } else {
+                "in the VMM (handling an exit)"
+            },
+            self.exits.load(Ordering::Relaxed),
+            self.last_mmio.load(Ordering::Relaxed)
+        )
+    }
+}
+
 /// A running vCPU thread.
 pub struct VcpuHandle {
     pub index: u64,
+    pub status: Arc<VcpuStatus>,
     thread: JoinHandle<()>,
 }
 
@@ -90,6 +118,8 @@ impl VcpuHandle {
         stop: Arc<AtomicBool>,
         events: Sender<VmEvent>,
     ) -> std::io::Result<VcpuHandle> {
+        let status = Arc::new(VcpuStatus::default());
+        let thread_status = Arc::clone(&status);
         let thread = std::thread::Builder::new()
             .name(format!("vcpu{index}"))
             .spawn(move || {
@@ -99,10 +129,15 @@ impl VcpuHandle {
                     bus,
                     stop,
                     events,
+                    status: thread_status,
                 };
                 t.run();
             })?;
-        Ok(VcpuHandle { index, thread })
+        Ok(VcpuHandle {
+            index,
+            status,
+            thread,
+        })
     }
 
     /// Makes the thread leave KVM_RUN soon; the caller has set the stop flag.
@@ -125,6 +160,7 @@ struct VcpuThread {
     bus: Arc<MmioBus>,
     stop: Arc<AtomicBool>,
     events: Sender<VmEvent>,
+    status: Arc<VcpuStatus>,
 }
 
 /// What one exit means for the run loop.
@@ -155,12 +191,18 @@ impl VcpuThread {
     }
 
     fn step(&mut self) -> Next {
-        match self.vcpu.run() {
+        self.status.in_kvm_run.store(true, Ordering::Relaxed);
+        let exit = self.vcpu.run();
+        self.status.in_kvm_run.store(false, Ordering::Relaxed);
+        self.status.exits.fetch_add(1, Ordering::Relaxed);
+        match exit {
             Ok(VcpuExit::MmioRead(addr, data)) => {
+                self.status.last_mmio.store(addr, Ordering::Relaxed);
                 self.bus.read(addr, data);
                 Next::Continue
             }
             Ok(VcpuExit::MmioWrite(addr, data)) => {
+                self.status.last_mmio.store(addr, Ordering::Relaxed);
                 self.bus.write(addr, data);
                 Next::Continue
             }

@@ -1,6 +1,6 @@
 //! FAT disk images for the firmware scenarios, made on the host with
 //! dosfstools and mtools (no mounting, no root needed): an EFI system partition
-//! holding `startup.nsh`, and a second data disk.
+//! holding `startup.nsh`, a second data disk, and the boot-loop payload's disk.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,7 +14,16 @@ pub fn build(work: &Path) -> Result<Vec<(String, PathBuf)>, BenchError> {
     mcopy(&esp, &payloads.join("startup.nsh"), "::/startup.nsh")?;
     let data = fat_image(work, "data.img", 16, "HANGARDATA")?;
     mcopy(&data, &payloads.join("startup.nsh"), "::/README.nsh")?;
-    Ok(vec![("esp.img".into(), esp), ("data.img".into(), data)])
+    let bootloop = fat_image(work, "bootloop.img", 16, "HANGARLOOP")?;
+    let script = work.join("bootloop-startup.nsh");
+    std::fs::write(&script, firmware::payload::bootloop_startup_nsh(16))
+        .map_err(BenchError::io(&script))?;
+    mcopy(&bootloop, &script, "::/startup.nsh")?;
+    Ok(vec![
+        ("esp.img".into(), esp),
+        ("data.img".into(), data),
+        ("bootloop.img".into(), bootloop),
+    ])
 }
 
 fn fat_image(work: &Path, name: &str, mib: u32, label: &str) -> Result<PathBuf, BenchError> {

@@ -48,6 +48,18 @@ pub enum Exit {
     Quit,
     /// SIGTERM or SIGINT.
     Signal(i32),
+    /// The boot loop completed its boots.
+    BootLoopDone,
+    /// The boot loop's watchdog fired; the report went to stderr.
+    Hang,
+}
+
+/// The boot-loop reproducer's policy: count resets as completed boots, stop
+/// after `boots`, and call a boot that does not reset within `boot_timeout` a hang.
+#[derive(Debug, Clone, Copy)]
+pub struct BootLoop {
+    pub boots: u32,
+    pub boot_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +137,9 @@ pub struct Machine {
     /// Keeps the terminal in raw mode while the machine lives.
     _console: Console,
     pub boots: u32,
+    /// How long each boot took, in order.
+    pub boot_times: Vec<Duration>,
+    boot_loop: Option<BootLoop>,
 }
 
 impl Machine {
@@ -220,7 +235,14 @@ impl Machine {
             events_rx,
             _console: console,
             boots: 0,
+            boot_times: Vec::new(),
+            boot_loop: None,
         })
+    }
+
+    /// Turns `run` into the boot-loop reproducer.
+    pub fn set_boot_loop(&mut self, policy: BootLoop) {
+        self.boot_loop = Some(policy);
     }
 
     /// Boots until the guest powers off, the user quits, or a signal arrives.
@@ -233,16 +255,30 @@ impl Machine {
                 Ok(event) => event,
                 Err(e) => break Err(e),
             };
+            let took = started.elapsed();
+            self.boot_times.push(took);
             log::info!(
                 "boot {} ended after {:.1}s: {event:?}",
                 self.boots,
-                started.elapsed().as_secs_f64()
+                took.as_secs_f64()
             );
             match event {
                 VmEvent::Reset => {
+                    if let Some(policy) = self.boot_loop {
+                        eprintln!(
+                            "hangar bootloop: boot {}/{} reset after {:.1}s",
+                            self.boots,
+                            policy.boots,
+                            took.as_secs_f64()
+                        );
+                        if self.boots >= policy.boots {
+                            break Ok(Exit::BootLoopDone);
+                        }
+                    }
                     self.flush_vars();
                     self.reset_devices();
                 }
+                VmEvent::Hang => break Ok(Exit::Hang),
                 VmEvent::PowerOff => break Ok(Exit::PowerOff),
                 VmEvent::Quit => break Ok(Exit::Quit),
                 VmEvent::Terminate(sig) => break Ok(Exit::Signal(sig)),
@@ -366,6 +402,9 @@ impl Machine {
             Some(e) => Err(e),
             None => Ok(self.wait_for_event()),
         };
+        if let Ok(VmEvent::Hang) = event {
+            self.report_hang(&handles);
+        }
         // Flag, then kick: see crate::vcpu.
         stop.store(true, Ordering::SeqCst);
         for h in &handles {
@@ -380,6 +419,7 @@ impl Machine {
     }
 
     fn wait_for_event(&self) -> VmEvent {
+        let deadline = self.boot_loop.map(|p| Instant::now() + p.boot_timeout);
         loop {
             match self.events_rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(event) => return event,
@@ -388,9 +428,35 @@ impl Machine {
                     if sig != 0 {
                         return VmEvent::Terminate(sig);
                     }
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return VmEvent::Hang;
+                    }
                 }
                 Err(RecvTimeoutError::Disconnected) => unreachable!("machine holds a sender"),
             }
+        }
+    }
+
+    /// What a person needs to diagnose a hang: each vCPU's state and the
+    /// iothread context's trace ring (notify sent/skipped, BH schedule/dispatch,
+    /// poll enter/exit), printed before the vCPUs are stopped.
+    fn report_hang(&self, vcpus: &[VcpuHandle]) {
+        let timeout = self.boot_loop.map(|p| p.boot_timeout).unwrap_or_default();
+        eprintln!(
+            "hangar bootloop: HANG: boot {} did not reset within {}s",
+            self.boots,
+            timeout.as_secs()
+        );
+        for vcpu in vcpus {
+            eprintln!("  vcpu{}: {}", vcpu.index, vcpu.status.describe());
+        }
+        eprintln!(
+            "  variable store: {} request(s) in flight",
+            self.vars.in_flight()
+        );
+        if let Some(iothread) = &self.iothread {
+            eprintln!("--- iothread context trace (newest last) ---");
+            eprintln!("{}", iothread.context().trace_dump());
         }
     }
 
