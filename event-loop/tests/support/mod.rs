@@ -210,7 +210,20 @@ pub fn run_stress(cfg: &StressConfig) -> Outcome {
     for t in threads {
         t.join().expect("stress thread panicked");
     }
-    io.stop();
+    // Stopping the iothread is watched too: a stuck iothread fails the test.
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        io.stop();
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+        panic!(
+            "the iothread did not stop within 10 s (stuck in the loop or on the lock); \
+             sleepers={}\ntrace:\n{}",
+            ctx.sleepers(),
+            ctx.trace_dump()
+        );
+    }
     bh_probes.lock().unwrap().clear();
     outcome
 }
