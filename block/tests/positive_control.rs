@@ -31,7 +31,7 @@ fn detects(aio: AioMode, setup: fn(&event_loop::AioContext)) {
             wait_every: 4,
             stall: Duration::from_secs(1),
             limit: Duration::from_secs(20),
-            depth: DumpDepth::Proc,
+            depth: DumpDepth::Backtraces,
             setup,
         };
         match run_seed(&cfg) {

@@ -5,8 +5,6 @@
 pub mod seed;
 
 use std::fmt::Write as _;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -53,11 +51,14 @@ pub struct Hang {
 }
 
 /// How to dump threads when a hang is found.
+///
+/// No gdb: attaching it to a process with io_uring worker threads (`iou-wrk-*`,
+/// which ptrace cannot stop) left both stuck when tried.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum DumpDepth {
     /// /proc summary per thread: name, state, kernel wait channel, syscall.
     Proc,
-    /// The /proc summary plus gdb backtraces of every thread (slower).
+    /// The /proc summary plus each thread's kernel stack (where it sleeps).
     Backtraces,
 }
 
@@ -133,34 +134,23 @@ pub fn thread_dump(depth: DumpDepth) -> String {
             );
         }
     }
-    if depth == DumpDepth::Backtraces && Path::new("/usr/bin/gdb").exists() {
-        out.push_str(&gdb_backtraces());
+    if depth == DumpDepth::Backtraces {
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for task in tasks.flatten() {
+                let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+                let stack = std::fs::read_to_string(task.path().join("stack"))
+                    .unwrap_or_else(|e| format!("(kernel stack unreadable: {e})\n"));
+                let _ = writeln!(
+                    out,
+                    "--- tid {} {} kernel stack:\n{}",
+                    task.file_name().to_string_lossy(),
+                    comm.trim(),
+                    stack.trim_end()
+                );
+            }
+        }
     }
     out
-}
-
-fn gdb_backtraces() -> String {
-    // Allow our child (gdb) to attach to us under Yama's restricted ptrace.
-    // SAFETY: prctl with integer arguments only.
-    unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY, 0, 0, 0) };
-    let pid = std::process::id().to_string();
-    let child = Command::new("timeout")
-        .args([
-            "20",
-            "/usr/bin/gdb",
-            "-p",
-            &pid,
-            "-batch",
-            "-nx",
-            "-ex",
-            "thread apply all bt 30",
-        ])
-        .stdin(Stdio::null())
-        .output();
-    match child {
-        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-        Err(e) => format!("(gdb failed: {e})\n"),
-    }
 }
 
 /// Aborts the whole test process with a thread dump if dropped later than `limit`
