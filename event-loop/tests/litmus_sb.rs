@@ -25,7 +25,7 @@ struct Shared {
 /// Spin, but yield now and then so an oversubscribed machine still progresses.
 fn backoff(spins: &mut u32) {
     *spins += 1;
-    if *spins % 256 == 0 {
+    if (*spins).is_multiple_of(256) {
         thread::yield_now();
     } else {
         std::hint::spin_loop();
