@@ -356,3 +356,57 @@ fn scheduling_with_no_sleeper_writes_no_eventfd() {
     }
     assert_eq!(ctx.eventfd_writes(), 0);
 }
+
+#[test]
+fn adding_a_handler_for_a_ready_fd_wakes_a_sleeping_iothread() {
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    std::thread::sleep(Duration::from_millis(20)); // let it fall asleep
+    let e = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    e.write(1).unwrap();
+    let (c, get) = counter();
+    let e2 = e.clone();
+    ctx.set_fd_handler(
+        e.as_raw_fd(),
+        Some(Box::new(move || {
+            let _ = e2.read();
+            c.fetch_add(1, Ordering::SeqCst);
+        })),
+        None,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get() == 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(get(), 1);
+    ctx.remove_fd_handler(e.as_raw_fd());
+    io.stop();
+}
+
+#[test]
+fn nested_poller_and_iothread_both_asleep_are_served() {
+    // Both pollers block in epoll_wait on the same context; a BH scheduled from a
+    // third thread must run (on either of them).
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    let (c, get) = counter();
+    let bh = ctx.new_bh("third-party", move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    let scheduler = std::thread::spawn(move || {
+        for _ in 0..50 {
+            std::thread::sleep(Duration::from_millis(1));
+            bh.schedule();
+        }
+        bh
+    });
+    let _g = ctx.acquire();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    ctx.poll_while(|| get() < 10 && Instant::now() < deadline);
+    assert!(get() >= 10, "only {} BH runs", get());
+    drop(_g);
+    let bh = scheduler.join().unwrap();
+    drop(bh);
+    io.stop();
+}
