@@ -9,6 +9,29 @@
 //! nested blocking [`AioContext::poll`] on it while holding the context lock. The
 //! wake-up protocol that keeps both pollers from sleeping through pending work is
 //! described (with its proof) in `docs/event-loop.md`.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicBool, Ordering};
+//! use std::sync::Arc;
+//! use event_loop::{AioContext, IoThread};
+//!
+//! let ctx = AioContext::new()?;
+//! let iothread = IoThread::spawn("io0", ctx.clone())?;
+//!
+//! // A synchronous request from another thread: submit to the pool, then wait in a
+//! // nested poll on the iothread's context, holding its lock.
+//! let done = Arc::new(AtomicBool::new(false));
+//! let d = done.clone();
+//! {
+//!     let _guard = ctx.acquire();
+//!     ctx.thread_pool()
+//!         .submit(|| 6 * 7, move |v| d.store(v == 42, Ordering::Release));
+//!     ctx.poll_while(|| !done.load(Ordering::Acquire));
+//! }
+//! assert!(done.load(Ordering::Acquire));
+//! iothread.stop();
+//! # Ok::<(), event_loop::Error>(())
+//! ```
 
 mod bh;
 mod context;
