@@ -48,7 +48,15 @@ impl IoThread {
     /// The stop request is work only the iothread can do, so a nested poller that
     /// clears the notifier could eat a single kick; the kick is therefore repeated
     /// every millisecond until the thread has exited.
+    ///
+    /// # Panics
+    /// If the calling thread holds the context lock: the iothread could never take
+    /// it to finish its iteration, and this call would wait forever.
     pub fn stop(self) {
+        assert!(
+            !self.ctx.is_held_by_current_thread(),
+            "IoThread::stop called while holding the context lock"
+        );
         self.stop.store(true, Ordering::Release);
         while !self.handle.is_finished() {
             self.ctx.kick();
