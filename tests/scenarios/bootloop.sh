@@ -7,10 +7,10 @@
 need_kvm
 cp /disks/bootloop.img /tmp/bootloop.img
 step three-boots
-hangar bootloop --boots 3 --boot-timeout 180 --memory 512M --vars /tmp/VARS.fd \
-    --disk path=/tmp/bootloop.img --serial file:/tmp/loop-console.out > /tmp/loop.out 2>&1
-status=$?
-cat /tmp/loop.out
+# Progress lines appear on the console as each boot resets.
+( hangar bootloop --boots 3 --boot-timeout 180 --memory 512M --vars /tmp/VARS.fd \
+    --disk path=/tmp/bootloop.img --serial file:/tmp/loop-console.out; echo "bootloop-exit=$?" ) 2>&1 | tee /tmp/loop.out
+status=$(sed -n 's/^bootloop-exit=//p' /tmp/loop.out)
 [ "$status" = 0 ] || fail "bootloop exited $status; console: $(console_tail /tmp/loop-console.out)"
 grep -q "3 boots, no hang" /tmp/loop.out || fail "no summary line"
 value boots_completed "$(grep -c 'reset after' /tmp/loop.out)"
