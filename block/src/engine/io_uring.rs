@@ -4,15 +4,24 @@
 //! event. Discard and write-zeroes go to the thread pool (fallocate through io_uring
 //! would only move the same blocking call to an io-wq worker).
 //!
+//! Batching ("plugging"): a request submitted by a thread that holds the context
+//! lock (a device handler, a completion callback, a synchronous helper) only queues
+//! its submission entry; one `io_uring_enter` then hands every queued entry to the
+//! kernel. That happens in a bottom half scheduled by the first queued request (it
+//! runs later in the same dispatch, after the handler that queued, also inside a
+//! nested poll), at the end of every reap, when the submission queue is full, and
+//! when a synchronous helper reaps before it waits. A thread without the context
+//! lock submits at once: nobody on the context would flush for it soon.
+//!
 //! Locking: `Ring` is behind a mutex that is never held while a completion callback
 //! runs (callbacks submit new requests). At most `ENTRIES` requests are in the ring;
 //! more wait in `backlog`, so the completion queue (twice as large) cannot overflow.
 
 use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use event_loop::AioContext;
+use event_loop::{AioContext, BottomHalf};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -29,6 +38,8 @@ const ENTRIES: u32 = 128;
 pub(crate) struct UringEngine {
     shared: Arc<Shared>,
     ctx: Arc<AioContext>,
+    /// Enters the kernel with the entries queued since the last submit (the unplug).
+    flush_bh: BottomHalf,
     fallback: ThreadsEngine,
 }
 
@@ -46,6 +57,14 @@ struct Ring {
     backlog: VecDeque<(Request, Completion)>,
     /// Requests that failed before reaching the kernel, completed at the next reap.
     failed: Vec<(Completion, BlockError)>,
+    /// Slots whose entries sit in the submission queue, not yet taken by the kernel,
+    /// oldest first (the kernel takes them in this order).
+    queued: Vec<usize>,
+    /// `flush_bh` is pending: later queued requests need not schedule it again.
+    flush_scheduled: bool,
+    /// `io_uring_enter` calls made to submit (tests check the batching with it).
+    #[cfg(test)]
+    enters: u64,
 }
 
 /// One read, write or flush in the kernel, with its progress (short transfers are
@@ -84,6 +103,10 @@ impl UringEngine {
                 free: (0..ENTRIES as usize).rev().collect(),
                 backlog: VecDeque::new(),
                 failed: Vec::new(),
+                queued: Vec::with_capacity(ENTRIES as usize),
+                flush_scheduled: false,
+                #[cfg(test)]
+                enters: 0,
             }),
             eventfd,
             file: Arc::clone(&file),
@@ -100,10 +123,19 @@ impl UringEngine {
             None,
         )
         .map_err(BlockError::EventLoop)?;
+        // Weak: a deleted BH may linger in the context's queue until the next
+        // dispatch, and must not keep the file (and its image lock) alive.
+        let bh_shared = Arc::downgrade(&shared);
+        let flush_bh = ctx.new_bh("block-io_uring-submit", move || {
+            if let Some(shared) = Weak::upgrade(&bh_shared) {
+                shared.flush();
+            }
+        });
         let fallback = ThreadsEngine::new(Arc::clone(&ctx), file);
         Ok(UringEngine {
             shared,
             ctx,
+            flush_bh,
             fallback,
         })
     }
@@ -116,6 +148,9 @@ impl Engine for UringEngine {
                 self.fallback.submit(req, done)
             }
             _ => {
+                // Our caller is inside a dispatch (or a synchronous helper) on the
+                // context: the flush BH or the helper's reap follows.
+                let on_context = self.ctx.is_held_by_current_thread();
                 let mut ring = self.shared.ring.lock().unwrap();
                 if ring.free.is_empty() {
                     ring.backlog.push_back((req, done));
@@ -123,16 +158,39 @@ impl Engine for UringEngine {
                 }
                 let fd = self.shared.file.fd();
                 if let Err((err, done)) = ring.start(fd, req, done) {
-                    drop(ring);
-                    // Submission failed before the kernel saw the request; complete
+                    ring.failed.push((done, err));
+                }
+                let mut schedule = false;
+                if !on_context {
+                    // No dispatch on the context is ours to piggyback on: enter now.
+                    ring.flush();
+                } else if !ring.flush_scheduled && !ring.queued.is_empty() {
+                    ring.flush_scheduled = true;
+                    schedule = true;
+                }
+                let any_failed = !ring.failed.is_empty();
+                drop(ring);
+                if schedule {
+                    self.flush_bh.schedule();
+                }
+                if any_failed {
+                    // Submission failed before the kernel saw a request; complete
                     // through the eventfd path so the callback runs on the context.
-                    self.shared.fail_later(err, done);
+                    let _ = self.shared.eventfd.write(1);
                 }
             }
         }
     }
 
     fn reap(&self) {
+        // A synchronous helper reaps right after submitting: enter the kernel first,
+        // so a request that completes inline is found without a trip through the loop.
+        // The pending flush BH then has nothing to do; cancelling it spares the
+        // helper's first poll an extra round. (Only context-lock holders, as we are,
+        // schedule it, so nobody can have scheduled it again meanwhile.)
+        if self.shared.flush() {
+            self.flush_bh.cancel();
+        }
         self.shared.reap();
     }
 }
@@ -148,7 +206,7 @@ impl Drop for UringEngine {
 }
 
 impl Ring {
-    /// Puts a fresh request into a free slot and submits it.
+    /// Puts a fresh request into a free slot and queues its entry (see `flush`).
     fn start(
         &mut self,
         fd: i32,
@@ -181,7 +239,8 @@ impl Ring {
         })
     }
 
-    /// Pushes the (remaining part of the) request in `slot` and enters the kernel.
+    /// Queues the entry for the (remaining part of the) request in `slot`; it reaches
+    /// the kernel with the next `flush` (at once if the submission queue is full).
     fn push(&mut self, fd: i32, slot: usize) -> Result<(), BlockError> {
         let r = self.slots[slot].as_ref().expect("slot in use");
         let fd = types::Fd(fd);
@@ -208,43 +267,82 @@ impl Ring {
         }
         .user_data(slot as u64);
         let (op, offset) = (r.op, r.offset);
+        if self.ring.submission().is_full() {
+            // Cannot happen (slots <= entries, and a full queue is flushed right after
+            // the push that filled it), but be safe: flush, then push.
+            self.flush();
+        }
         // SAFETY: the entry points at iovec arrays and buffers that stay valid until
         // its completion is reaped (they live in `slots[slot]` / IoVec's contract).
-        let pushed = unsafe { self.ring.submission().push(&entry) };
-        if pushed.is_err() {
-            // Cannot happen (slots <= entries and we submit each time), but be safe:
-            // flush the queue to the kernel and retry once.
-            self.ring
-                .submit()
-                .map_err(|e| BlockError::from_io(op, offset, e))?;
-            // SAFETY: as above.
-            unsafe { self.ring.submission().push(&entry) }
-                .map_err(|_| BlockError::from_errno(op, offset, libc::EAGAIN))?;
+        unsafe { self.ring.submission().push(&entry) }
+            .map_err(|_| BlockError::from_errno(op, offset, libc::EAGAIN))?;
+        self.queued.push(slot);
+        if self.ring.submission().is_full() {
+            self.flush();
+        }
+        Ok(())
+    }
+
+    /// Enters the kernel with every queued entry (one `io_uring_enter` for the
+    /// batch). On EAGAIN/EBUSY the kernel is short of resources and the entries stay
+    /// queued for the next flush or reap. Any other error fails every request whose
+    /// entry was queued, each with the errno, into `failed`; the caller makes sure
+    /// `failed` is drained. Returns whether something failed.
+    fn flush(&mut self) -> bool {
+        self.flush_scheduled = false;
+        if self.queued.is_empty() {
+            return false;
         }
         loop {
+            #[cfg(test)]
+            {
+                self.enters += 1;
+            }
             match self.ring.submit() {
-                Ok(_) => return Ok(()),
+                Ok(taken) => {
+                    let taken = taken.min(self.queued.len());
+                    self.queued.drain(..taken);
+                    // The kernel stops at an entry it cannot prepare (that one gets
+                    // an error completion); the rest go in with another enter.
+                    if taken == 0 || self.queued.is_empty() {
+                        return false;
+                    }
+                }
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
-                // The kernel is short of resources; the entry stays queued and goes
-                // in with the next submit or reap.
                 Err(e)
                     if e.raw_os_error() == Some(libc::EAGAIN)
                         || e.raw_os_error() == Some(libc::EBUSY) =>
                 {
-                    return Ok(())
+                    return false
                 }
-                Err(e) => return Err(BlockError::from_io(op, offset, e)),
+                Err(e) => {
+                    let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    for slot in std::mem::take(&mut self.queued) {
+                        let r = self.slots[slot].take().expect("queued slot in use");
+                        self.free.push(slot);
+                        let err = BlockError::from_errno(r.op, r.offset, errno);
+                        self.failed.push((r.completion, err));
+                    }
+                    return true;
+                }
             }
         }
     }
 }
 
 impl Shared {
-    /// Completes `done` with `err` on the context: parks it and signals the eventfd,
-    /// whose handler runs it at the next reap.
-    fn fail_later(&self, err: BlockError, done: Completion) {
-        self.ring.lock().unwrap().failed.push((done, err));
-        let _ = self.eventfd.write(1);
+    /// Enters the kernel with the queued entries. Requests failed by it complete at
+    /// the next reap: signals the eventfd, whose handler runs them on the context.
+    /// Returns whether the flush BH was pending and is no longer needed.
+    fn flush(&self) -> bool {
+        let mut ring = self.ring.lock().unwrap();
+        let was_scheduled = ring.flush_scheduled;
+        if ring.flush() {
+            drop(ring);
+            let _ = self.eventfd.write(1);
+            return false;
+        }
+        was_scheduled && ring.queued.is_empty()
     }
 
     /// Drains the completion queue, resubmits short transfers, refills from the
@@ -277,6 +375,10 @@ impl Shared {
                         finished.push((done, Err(err)));
                     }
                 }
+                // Resubmitted rests, refills from the backlog and whatever the last
+                // round of callbacks queued go to the kernel together.
+                ring.flush();
+                finished.extend(ring.failed.drain(..).map(|(done, err)| (done, Err(err))));
                 if finished.is_empty() {
                     return;
                 }
@@ -326,5 +428,100 @@ impl Ring {
             Ok(()) => None,
             Err(err) => Some(Err(err)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::{BlockOptions, IoVec};
+
+    const BS: usize = 4096;
+    const COUNT: usize = 16;
+
+    /// An engine on a fresh context over a file of `COUNT` blocks, block `i` filled
+    /// with byte `i`.
+    fn engine() -> (tempfile::NamedTempFile, Arc<AioContext>, UringEngine) {
+        let img = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+        let data: Vec<u8> = (0..COUNT * BS).map(|i| (i / BS) as u8).collect();
+        std::fs::write(img.path(), &data).unwrap();
+        let ctx = AioContext::new().unwrap();
+        let file = Arc::new(RawFile::open(img.path(), &BlockOptions::default()).unwrap());
+        let engine = UringEngine::new(Arc::clone(&ctx), file).unwrap();
+        (img, ctx, engine)
+    }
+
+    /// Submits a read of every block into `bufs`; the returned counter counts the
+    /// completions that read the right bytes.
+    fn read_all(engine: &UringEngine, bufs: &mut [Vec<u8>]) -> Arc<AtomicUsize> {
+        let good = Arc::new(AtomicUsize::new(0));
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            // SAFETY: the buffers outlive the requests: the tests wait for every
+            // completion before dropping them.
+            let iov = vec![unsafe { IoVec::new(buf.as_mut_ptr(), BS) }];
+            let good = Arc::clone(&good);
+            let req = Request::Read {
+                offset: (i * BS) as u64,
+                iov,
+            };
+            engine.submit(
+                req,
+                Box::new(move |result| {
+                    if result.unwrap() == BS {
+                        good.fetch_add(1, Ordering::AcqRel);
+                    }
+                }),
+            );
+        }
+        good
+    }
+
+    fn enters(engine: &UringEngine) -> u64 {
+        engine.shared.ring.lock().unwrap().enters
+    }
+
+    #[test]
+    fn requests_queued_on_the_context_enter_the_kernel_once() {
+        let (_img, ctx, engine) = engine();
+        let mut bufs = vec![vec![0xffu8; BS]; COUNT];
+        let _lock = ctx.acquire();
+        let good = read_all(&engine, &mut bufs);
+        assert_eq!(enters(&engine), 0, "nothing entered before the flush BH");
+        assert_eq!(engine.shared.ring.lock().unwrap().queued.len(), COUNT);
+        assert!(engine.flush_bh.is_scheduled());
+        ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
+        assert_eq!(enters(&engine), 1, "one io_uring_enter for the whole batch");
+        for (i, buf) in bufs.iter().enumerate() {
+            assert!(buf.iter().all(|&b| b == i as u8), "block {i} read back");
+        }
+    }
+
+    #[test]
+    fn requests_from_a_thread_off_the_context_enter_at_once() {
+        let (_img, ctx, engine) = engine();
+        let mut bufs = vec![vec![0xffu8; BS]; COUNT];
+        let good = read_all(&engine, &mut bufs);
+        assert_eq!(enters(&engine), COUNT as u64);
+        assert!(engine.shared.ring.lock().unwrap().queued.is_empty());
+        assert!(!engine.flush_bh.is_scheduled());
+        let _lock = ctx.acquire();
+        ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
+        assert!(bufs.iter().enumerate().all(|(i, b)| b[0] == i as u8));
+    }
+
+    #[test]
+    fn a_synchronous_reap_flushes_and_cancels_the_pending_bh() {
+        let (_img, ctx, engine) = engine();
+        let mut bufs = vec![vec![0xffu8; BS]; COUNT];
+        let _lock = ctx.acquire();
+        let good = read_all(&engine, &mut bufs);
+        engine.reap();
+        assert_eq!(enters(&engine), 1);
+        assert!(engine.shared.ring.lock().unwrap().queued.is_empty());
+        assert!(!engine.flush_bh.is_scheduled(), "nothing left for the BH");
+        ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
+        assert_eq!(enters(&engine), 1);
     }
 }
