@@ -9,6 +9,8 @@ use super::{cmd, workspace_root, BenchError};
 
 /// Builds the images in `work` and returns `(name in /disks, path)` pairs.
 pub fn build(work: &Path) -> Result<Vec<(String, PathBuf)>, BenchError> {
+    super::prereq::require_program("mkfs.vfat", "dosfstools")?;
+    super::prereq::require_program("mcopy", "mtools")?;
     let payloads = workspace_root().join("tests/payloads");
     let esp = fat_image(work, "esp.img", 32, "HANGARESP")?;
     mcopy(&esp, &payloads.join("startup.nsh"), "::/startup.nsh")?;

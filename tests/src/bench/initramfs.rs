@@ -35,6 +35,7 @@ pub fn build(kit: &GuestKit, hangar: &Path, work: &Path) -> Result<PathBuf, Benc
     let out_path = work.join("initramfs.zst");
     progress(format!("packing {}", out_path.display()));
 
+    super::prereq::require_program("zstd", "zstd")?;
     let out_file = std::fs::File::create(&out_path).map_err(BenchError::io(&out_path))?;
     let mut zstd = Command::new("zstd")
         .args(["-q", "-3", "-T0", "-c"])

@@ -198,3 +198,37 @@ fn ensure_rust_target() -> Result<(), BenchError> {
     ));
     cmd::run_visible(Command::new("rustup").args(["target", "add", RUST_TARGET]))
 }
+
+/// Fails with one line naming `program` and the package that provides it,
+/// rather than a bare "No such file or directory" from a spawn.
+pub fn require_program(program: &str, package: &str) -> Result<(), BenchError> {
+    if cmd::on_path(program) {
+        return Ok(());
+    }
+    Err(BenchError::MissingPrerequisite {
+        what: format!("`{program}` (Debian package {package})"),
+        how: format!(
+            "run `cargo xtask setup` as root to install it, or `apt-get install {package}`"
+        ),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_program_is_one_line_naming_it_and_its_package() {
+        let err = require_program("hangar-no-such-program", "qemu-system-arm").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("hangar-no-such-program"), "{msg}");
+        assert!(msg.contains("qemu-system-arm"), "{msg}");
+        assert!(msg.contains("apt-get install"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+    }
+
+    #[test]
+    fn a_present_program_passes() {
+        require_program("sh", "dash").unwrap();
+    }
+}

@@ -69,6 +69,7 @@ pub fn run_scenario(
         timeout.as_secs(),
         log_path.display()
     ));
+    super::prereq::require_program("qemu-system-aarch64", "qemu-system-arm")?;
     let started = Instant::now();
     let mut child = qemu.spawn().map_err(|source| BenchError::Spawn {
         command: "qemu-system-aarch64".into(),
@@ -164,6 +165,7 @@ pub fn interactive(bench: &Bench, scenario: &str) -> Result<ExitStatus, BenchErr
         "-echr",
         "29",
     ]);
+    super::prereq::require_program("qemu-system-aarch64", "qemu-system-arm")?;
     progress("nested console: Ctrl-] x stops the emulator, Ctrl-] h lists its keys");
     qemu.status().map_err(|source| BenchError::Spawn {
         command: "qemu-system-aarch64".into(),
