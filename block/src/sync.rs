@@ -41,10 +41,13 @@ impl BlockBackend {
             result: Mutex::new(None),
         });
         let writer = Arc::clone(&slot);
-        start(Box::new(move |result| {
-            *writer.result.lock().unwrap() = Some(result);
-            writer.done.store(true, Ordering::Release);
-        }));
+        // We wait for this request right away: no batching for it.
+        crate::engine::submit_at_once(|| {
+            start(Box::new(move |result| {
+                *writer.result.lock().unwrap() = Some(result);
+                writer.done.store(true, Ordering::Release);
+            }))
+        });
         let guard = InFlightGuard(&slot.done);
         // Completions that are already there (io_uring finishing inline) need no
         // trip through the event loop.

@@ -9,9 +9,11 @@
 //! its submission entry; one `io_uring_enter` then hands every queued entry to the
 //! kernel. That happens in a bottom half scheduled by the first queued request (it
 //! runs later in the same dispatch, after the handler that queued, also inside a
-//! nested poll), at the end of every reap, when the submission queue is full, and
-//! when a synchronous helper reaps before it waits. A thread without the context
-//! lock submits at once: nobody on the context would flush for it soon.
+//! nested poll), at the end of every reap, and when the submission queue is full.
+//! A thread without the context lock submits at once (nobody on the context would
+//! flush for it soon), and so does a synchronous helper (see
+//! [`super::submit_at_once`]): it waits for its request right away, and scheduling
+//! the BH would wake the iothread asleep on the same context for nothing.
 //!
 //! Locking: `Ring` is behind a mutex that is never held while a completion callback
 //! runs (callbacks submit new requests). At most `ENTRIES` requests are in the ring;
@@ -148,9 +150,9 @@ impl Engine for UringEngine {
                 self.fallback.submit(req, done)
             }
             _ => {
-                // Our caller is inside a dispatch (or a synchronous helper) on the
-                // context: the flush BH or the helper's reap follows.
-                let on_context = self.ctx.is_held_by_current_thread();
+                // Our caller is inside a dispatch on the context: the flush BH runs
+                // after it, with whatever else the dispatch queues.
+                let plug = self.ctx.is_held_by_current_thread() && !super::submitting_at_once();
                 let mut ring = self.shared.ring.lock().unwrap();
                 if ring.free.is_empty() {
                     ring.backlog.push_back((req, done));
@@ -161,8 +163,7 @@ impl Engine for UringEngine {
                     ring.failed.push((done, err));
                 }
                 let mut schedule = false;
-                if !on_context {
-                    // No dispatch on the context is ours to piggyback on: enter now.
+                if !plug {
                     ring.flush();
                 } else if !ring.flush_scheduled && !ring.queued.is_empty() {
                     ring.flush_scheduled = true;
@@ -183,14 +184,6 @@ impl Engine for UringEngine {
     }
 
     fn reap(&self) {
-        // A synchronous helper reaps right after submitting: enter the kernel first,
-        // so a request that completes inline is found without a trip through the loop.
-        // The pending flush BH then has nothing to do; cancelling it spares the
-        // helper's first poll an extra round. (Only context-lock holders, as we are,
-        // schedule it, so nobody can have scheduled it again meanwhile.)
-        if self.shared.flush() {
-            self.flush_bh.cancel();
-        }
         self.shared.reap();
     }
 }
@@ -331,18 +324,15 @@ impl Ring {
 }
 
 impl Shared {
-    /// Enters the kernel with the queued entries. Requests failed by it complete at
-    /// the next reap: signals the eventfd, whose handler runs them on the context.
-    /// Returns whether the flush BH was pending and is no longer needed.
-    fn flush(&self) -> bool {
+    /// Enters the kernel with the queued entries (the flush BH). Requests failed by
+    /// it complete at the next reap: signals the eventfd, whose handler runs them on
+    /// the context.
+    fn flush(&self) {
         let mut ring = self.ring.lock().unwrap();
-        let was_scheduled = ring.flush_scheduled;
         if ring.flush() {
             drop(ring);
             let _ = self.eventfd.write(1);
-            return false;
         }
-        was_scheduled && ring.queued.is_empty()
     }
 
     /// Drains the completion queue, resubmits short transfers, refills from the
@@ -512,16 +502,24 @@ mod tests {
     }
 
     #[test]
-    fn a_synchronous_reap_flushes_and_cancels_the_pending_bh() {
+    fn a_synchronous_submission_enters_at_once_without_the_bh() {
         let (_img, ctx, engine) = engine();
         let mut bufs = vec![vec![0xffu8; BS]; COUNT];
         let _lock = ctx.acquire();
-        let good = read_all(&engine, &mut bufs);
-        engine.reap();
-        assert_eq!(enters(&engine), 1);
+        let good = crate::engine::submit_at_once(|| read_all(&engine, &mut bufs));
+        assert_eq!(enters(&engine), COUNT as u64);
         assert!(engine.shared.ring.lock().unwrap().queued.is_empty());
-        assert!(!engine.flush_bh.is_scheduled(), "nothing left for the BH");
-        ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
-        assert_eq!(enters(&engine), 1);
+        assert!(
+            !engine.flush_bh.is_scheduled(),
+            "no wake-up for the iothread"
+        );
+        // Outside the scope, submissions on the context are batched again.
+        let mut more = vec![vec![0xffu8; BS]; COUNT];
+        let more_good = read_all(&engine, &mut more);
+        assert!(engine.flush_bh.is_scheduled());
+        ctx.poll_while(|| {
+            good.load(Ordering::Acquire) < COUNT || more_good.load(Ordering::Acquire) < COUNT
+        });
+        assert_eq!(enters(&engine), COUNT as u64 + 1);
     }
 }

@@ -8,7 +8,36 @@
 pub(crate) mod io_uring;
 pub(crate) mod threads;
 
+use std::cell::Cell;
+
 use crate::{BlockError, IoVec, Op};
+
+thread_local! {
+    /// Set while this thread runs `submit_at_once`.
+    static AT_ONCE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, in which requests go to the kernel inside `submit` instead of waiting
+/// for a batch (the io_uring engine otherwise batches what a context-lock holder
+/// submits). For callers that wait for their request right away (the synchronous
+/// helpers): they should neither wait for a batch nor schedule one. Only `f` itself
+/// is covered: scope it to the submission, not to the wait, whose nested polls run
+/// other people's handlers.
+pub(crate) fn submit_at_once<R>(f: impl FnOnce() -> R) -> R {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            AT_ONCE.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(AT_ONCE.with(|c| c.replace(true)));
+    f()
+}
+
+/// Whether the calling thread is inside [`submit_at_once`].
+pub(crate) fn submitting_at_once() -> bool {
+    AT_ONCE.with(Cell::get)
+}
 
 /// A request as an engine sees it.
 #[derive(Debug)]
