@@ -75,3 +75,14 @@ fn bootloop_counts_resets_and_reports_a_hang_with_trace() {
         verdict.explain()
     );
 }
+
+#[test]
+fn aavmf_boots_bootaa64_efi_from_a_virtio_scsi_disk() {
+    let verdict = bench::expect_pass("uefi-efi-app", Duration::from_secs(480));
+    assert_eq!(
+        verdict.value("exit_status"),
+        Some("0"),
+        "{}",
+        verdict.explain()
+    );
+}

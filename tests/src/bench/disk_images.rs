@@ -1,6 +1,7 @@
 //! FAT disk images for the firmware scenarios, made on the host with
 //! dosfstools and mtools (no mounting, no root needed): an EFI system partition
-//! holding `startup.nsh`, a second data disk, and the boot-loop payload's disk.
+//! holding `startup.nsh`, a second data disk, the boot-loop payload's disk, and
+//! a disk whose `\\EFI\\BOOT\\BOOTAA64.EFI` is the test UEFI application.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -21,7 +22,13 @@ pub fn build(work: &Path) -> Result<Vec<(String, PathBuf)>, BenchError> {
     std::fs::write(&script, firmware::payload::bootloop_startup_nsh(16))
         .map_err(BenchError::io(&script))?;
     mcopy(&bootloop, &script, "::/startup.nsh")?;
+    let efiapp = fat_image(work, "efiapp.img", 16, "HANGAREFI")?;
+    let app = super::xbuild::build_efi_hello()?;
+    mmd(&efiapp, "::/EFI")?;
+    mmd(&efiapp, "::/EFI/BOOT")?;
+    mcopy(&efiapp, &app, "::/EFI/BOOT/BOOTAA64.EFI")?;
     Ok(vec![
+        ("efiapp.img".into(), efiapp),
         ("esp.img".into(), esp),
         ("data.img".into(), data),
         ("bootloop.img".into(), bootloop),
@@ -38,6 +45,10 @@ fn fat_image(work: &Path, name: &str, mib: u32, label: &str) -> Result<PathBuf, 
             .arg((mib * 1024).to_string()),
     )?;
     Ok(path)
+}
+
+fn mmd(image: &Path, dir: &str) -> Result<(), BenchError> {
+    cmd::output(Command::new("mmd").arg("-i").arg(image).arg(dir)).map(|_| ())
 }
 
 fn mcopy(image: &Path, file: &Path, dest: &str) -> Result<(), BenchError> {

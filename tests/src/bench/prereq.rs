@@ -73,6 +73,8 @@ const PACKAGES: &[Package] = &[
 
 const SOURCES: &str = "/etc/apt/sources.list.d/debian.sources";
 const RUST_TARGET: &str = "aarch64-unknown-linux-gnu";
+/// For the UEFI application the firmware tests boot from a disk.
+const RUST_UEFI_TARGET: &str = "aarch64-unknown-uefi";
 
 fn is_installed(package: &str) -> bool {
     Command::new("dpkg-query")
@@ -190,13 +192,17 @@ fn ensure_rust_target() -> Result<(), BenchError> {
         });
     }
     let installed = cmd::stdout(Command::new("rustup").args(["target", "list", "--installed"]))?;
-    if installed.lines().any(|l| l.trim() == RUST_TARGET) {
-        return Ok(());
+    for (target, why) in [
+        (RUST_TARGET, "to cross-build hangar"),
+        (RUST_UEFI_TARGET, "to build the test UEFI application"),
+    ] {
+        if installed.lines().any(|l| l.trim() == target) {
+            continue;
+        }
+        progress(format!("rustup target add {target} ({why})"));
+        cmd::run_visible(Command::new("rustup").args(["target", "add", target]))?;
     }
-    progress(format!(
-        "rustup target add {RUST_TARGET} (to cross-build hangar)"
-    ));
-    cmd::run_visible(Command::new("rustup").args(["target", "add", RUST_TARGET]))
+    Ok(())
 }
 
 /// Fails with one line naming `program` and the package that provides it,

@@ -65,3 +65,28 @@ fn check_static_aarch64(path: &PathBuf) -> Result<(), BenchError> {
     }
     Ok(())
 }
+
+/// Builds the test UEFI application (tests/payloads/efi-hello, its own
+/// workspace) and returns the `.efi` file.
+pub fn build_efi_hello() -> Result<PathBuf, BenchError> {
+    let root = workspace_root();
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("efi-hello");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(root.join("tests/payloads/efi-hello"))
+        .args([
+            "build",
+            "--quiet",
+            "--release",
+            "--target",
+            "aarch64-unknown-uefi",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    super::cmd::run_visible(&mut build)?;
+    Ok(target_dir.join("aarch64-unknown-uefi/release/efi-hello.efi"))
+}
