@@ -56,6 +56,7 @@ fn nv_variable_survives_reset_in_place_and_process_restart() {
 fn aavmf_runs_startup_nsh_from_a_virtio_scsi_disk_and_powers_off() {
     let verdict = bench::expect_pass("uefi-disk", Duration::from_secs(480));
     assert_eq!(verdict.value("exit_status"), Some("0"));
+    assert_eq!(verdict.value("second_disk_visible"), Some("yes"));
     assert!(ms(&verdict, "filesystems") >= 1, "{}", verdict.explain());
 }
 

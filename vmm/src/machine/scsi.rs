@@ -1,5 +1,6 @@
 //! The virtio-scsi controller on virtio-mmio transport 0: one disk per `--disk`
-//! (target n, LUN 0), served on the iothread. Kicks arrive as ioeventfds
+//! (target n, LUN 0; max_target n-1, max_lun 0 so firmware that scans every
+//! address finds them all), served on the iothread. Kicks arrive as ioeventfds
 //! (KVM_IOEVENTFD on QueueNotify, datamatch = queue index) handled on the
 //! iothread's context, never on a vCPU thread; interrupts leave through an irqfd
 //! on the transport's SPI.
@@ -75,9 +76,13 @@ impl ScsiController {
             });
         }
         let irqfd = EventFd::new(EFD_NONBLOCK).map_err(ScsiError::EventFd)?;
+        // max_target / max_lun fitted to the disks (targets 0..n, LUN 0):
+        // AAVMF up to edk2-stable202211 abandons its bus scan at the first
+        // (target, LUN) with no disk, probing LUNs first; with the default
+        // limits it stopped at 0:1 and never saw target 1.
         let config = VirtioScsiConfig {
             num_request_queues: vcpus.clamp(1, 64) as u16,
-            ..Default::default()
+            ..VirtioScsiConfig::fitted_to(&configs)
         };
         let scsi = VirtioScsi::new(config, configs, Arc::clone(ctx), mem.clone(), irqfd)
             .map_err(ScsiError::Setup)?;

@@ -89,6 +89,27 @@ impl Default for VirtioScsiConfig {
     }
 }
 
+impl VirtioScsiConfig {
+    /// The defaults with `max_target` and `max_lun` cut down to the highest
+    /// target and LUN `disks` use, so a driver that probes every address up
+    /// to the limits ends its scan on the last disk.
+    ///
+    /// Firmware needs this: EDK2's ScsiBusDxe up to edk2-stable202211 (the
+    /// AAVMF/OVMF of Debian 12) walks (target, LUN) in order — LUN first, at
+    /// most 8 LUNs and 32 targets — and abandons the whole scan at the first
+    /// address where it finds no device. With the 255/16383 defaults, disks
+    /// at targets 0 and 1 (LUN 0) stop the scan at 0:1 and target 1 is never
+    /// seen. With these limits every disk comes before the first hole as long
+    /// as the disks fill targets (and LUNs) from 0 without gaps.
+    pub fn fitted_to(disks: &[ScsiDiskConfig]) -> VirtioScsiConfig {
+        VirtioScsiConfig {
+            max_target: disks.iter().map(|d| u16::from(d.target)).max().unwrap_or(0),
+            max_lun: disks.iter().map(|d| u32::from(d.lun)).max().unwrap_or(0),
+            ..VirtioScsiConfig::default()
+        }
+    }
+}
+
 /// Why a controller cannot be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ScsiSetupError {
@@ -172,6 +193,9 @@ struct ScsiState {
     max_lun: u32,
     cdb_size: usize,
     sense_size: usize,
+    /// The driver's writes to sense_size and cdb_size, byte by byte; the
+    /// sizes follow whenever these are within bounds.
+    config_shadow: [u32; 2],
     /// Bumped on reset: completions of an older epoch leave the rings alone.
     epoch: u64,
     next_seq: u64,
@@ -292,6 +316,7 @@ impl VirtioScsi {
             max_lun: config.max_lun,
             cdb_size: VIRTIO_SCSI_CDB_DEFAULT_SIZE as usize,
             sense_size: VIRTIO_SCSI_SENSE_DEFAULT_SIZE as usize,
+            config_shadow: [VIRTIO_SCSI_SENSE_DEFAULT_SIZE, VIRTIO_SCSI_CDB_DEFAULT_SIZE],
             epoch: 0,
             next_seq: 0,
             in_flight: BTreeMap::new(),
@@ -388,26 +413,43 @@ impl VirtioDevice for VirtioScsi {
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
-        // Only sense_size (20) and cdb_size (24) are driver-writable, as whole u32s.
-        let value = match data.len() {
-            4 => u32::from_le_bytes([data[0], data[1], data[2], data[3]]),
-            _ => {
-                warn_limited!(
-                    GUEST_ERRORS,
-                    "virtio-scsi: {}-byte config write at {offset:#x}",
-                    data.len()
-                );
-                return;
-            }
-        };
+        // Only sense_size (20) and cdb_size (24) are driver-writable. Any width
+        // is accepted: EDK2's virtio-mmio library writes config space a byte
+        // at a time. Bytes land in a shadow of the field; the field takes the
+        // shadow's value whenever it is within bounds.
         let mut state = self.shared.lock();
-        match offset {
-            20 if value <= VIRTIO_SCSI_SENSE_MAX_SIZE => state.sense_size = value as usize,
-            24 if value <= VIRTIO_SCSI_CDB_MAX_SIZE => state.cdb_size = value as usize,
-            _ => warn_limited!(
+        for (i, &byte) in data.iter().enumerate() {
+            let Some(at) = offset.checked_add(i as u64) else {
+                break;
+            };
+            let (field, shift) = match at {
+                20..=23 => (0, (at - 20) * 8),
+                24..=27 => (1, (at - 24) * 8),
+                _ => {
+                    warn_limited!(
+                        GUEST_ERRORS,
+                        "virtio-scsi: config write at {at:#x} (read-only) ignored"
+                    );
+                    continue;
+                }
+            };
+            let shadow = &mut state.config_shadow[field];
+            *shadow = (*shadow & !(0xff << shift)) | (u32::from(byte) << shift);
+        }
+        let [sense, cdb] = state.config_shadow;
+        if sense <= VIRTIO_SCSI_SENSE_MAX_SIZE {
+            state.sense_size = sense as usize;
+        }
+        if cdb <= VIRTIO_SCSI_CDB_MAX_SIZE {
+            state.cdb_size = cdb as usize;
+        }
+        if sense > VIRTIO_SCSI_SENSE_MAX_SIZE || cdb > VIRTIO_SCSI_CDB_MAX_SIZE {
+            warn_limited!(
                 GUEST_ERRORS,
-                "virtio-scsi: config write {value:#x} at {offset:#x} ignored"
-            ),
+                "virtio-scsi: sense_size {sense:#x} / cdb_size {cdb:#x} out of bounds; kept {} / {}",
+                state.sense_size,
+                state.cdb_size
+            );
         }
     }
 
@@ -490,6 +532,7 @@ impl VirtioDevice for VirtioScsi {
             state.broken = false;
             state.cdb_size = VIRTIO_SCSI_CDB_DEFAULT_SIZE as usize;
             state.sense_size = VIRTIO_SCSI_SENSE_DEFAULT_SIZE as usize;
+            state.config_shadow = [VIRTIO_SCSI_SENSE_DEFAULT_SIZE, VIRTIO_SCSI_CDB_DEFAULT_SIZE];
             for lun in &mut state.luns {
                 lun.state = LunState::after_reset();
             }
