@@ -113,6 +113,10 @@ inline run_completions(got, more, was) {
        if                              /* last one: followup.schedule() */
        :: left == 0 -> schedule(FOLLOWUP, was)
        :: else -> skip
+       fi;
+       if                              /* budget -= 1; while budget > 0: the budget is */
+       :: break                        /* the queue length at the start, so any stop */
+       :: skip                         /* after a delivered completion may be it */
        fi
     od
 }
