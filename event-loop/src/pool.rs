@@ -330,7 +330,10 @@ mod tests {
         }
         let deadline = Instant::now() + Duration::from_secs(5);
         while queued(&ctx) < CHAINS {
-            assert!(Instant::now() < deadline, "the first completions never came");
+            assert!(
+                Instant::now() < deadline,
+                "the first completions never came"
+            );
             thread::yield_now();
         }
         let guard = ctx.acquire();
