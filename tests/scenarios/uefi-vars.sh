@@ -1,7 +1,7 @@
 #!/bin/sh
 # A non-volatile variable set in the UEFI shell survives a reboot in place
 # (PSCI SYSTEM_RESET handled inside the same hangar process) and a full restart
-# of hangar with the same --vars file.
+# of hangar with the same --vars file; SIGTERM then shuts hangar down cleanly.
 . /scenarios/lib.sh
 GUID=4e8a1c2b-1d3f-4a5b-9c6d-7e8f90a1b2c3
 VALUE_HEX=48414e4741523432   # "HANGAR42"
@@ -41,8 +41,11 @@ wait_for "Shell>" "$out2" 300 || fail "no shell prompt after restart; console: $
 off=$(size_of "$out2")
 type_line "dmpstore HangarTest -guid $GUID"
 wait_after "$off" "HANGAR42" "$out2" 60 || fail "variable lost across a process restart; console: $(console_tail $out2)"
-type_line "reset -s"
-wait_exit 60 || fail "hangar did not exit after reset -s"
-[ "$HANGAR_STATUS" = 0 ] || fail "hangar exited $HANGAR_STATUS after reset -s"
+
+step sigterm
+kill -TERM "$HANGAR_PID"
+wait_exit 60 || fail "hangar did not exit after SIGTERM"
+[ "$HANGAR_STATUS" = 0 ] || fail "hangar exited $HANGAR_STATUS after SIGTERM"
+grep -q "machine ended: Signal(15)" "$out2" || fail "no clean shutdown on SIGTERM; console: $(console_tail $out2)"
 value restart_status "$HANGAR_STATUS"
 pass
