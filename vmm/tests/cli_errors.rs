@@ -38,6 +38,19 @@ impl Files {
     fn path(&self, name: &str) -> String {
         self.dir.path().join(name).to_string_lossy().into_owned()
     }
+    /// `hangar run --firmware <dir>/CODE --vars <dir>/VARS`.
+    fn run(&self, code: &str, vars: &str) -> Output {
+        hangar(
+            &[
+                "run",
+                "--firmware",
+                &self.path(code),
+                "--vars",
+                &self.path(vars),
+            ],
+            self.dir.path(),
+        )
+    }
     fn vars_unchanged(&self) {
         assert_eq!(
             std::fs::read(self.dir.path().join("vars.fd")).unwrap(),
