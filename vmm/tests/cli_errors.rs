@@ -63,16 +63,7 @@ impl Files {
 fn empty_firmware_file_is_refused() {
     let f = Files::new();
     std::fs::write(f.path("code.fd"), b"").unwrap();
-    let out = hangar(
-        &[
-            "run",
-            "--firmware",
-            &f.path("code.fd"),
-            "--vars",
-            &f.path("vars.fd"),
-        ],
-        f.dir.path(),
-    );
+    let out = f.run("code.fd", "vars.fd");
     assert_one_line_error(&out, "is empty");
     f.vars_unchanged();
 }
@@ -82,16 +73,7 @@ fn firmware_larger_than_the_flash_bank_is_refused() {
     let f = Files::new();
     let big = std::fs::File::create(f.path("code.fd")).unwrap();
     big.set_len((64 << 20) + 1).unwrap();
-    let out = hangar(
-        &[
-            "run",
-            "--firmware",
-            &f.path("code.fd"),
-            "--vars",
-            &f.path("vars.fd"),
-        ],
-        f.dir.path(),
-    );
+    let out = f.run("code.fd", "vars.fd");
     assert_one_line_error(&out, "more than the");
     f.vars_unchanged();
 }
@@ -99,16 +81,7 @@ fn firmware_larger_than_the_flash_bank_is_refused() {
 #[test]
 fn missing_firmware_file_is_named() {
     let f = Files::new();
-    let out = hangar(
-        &[
-            "run",
-            "--firmware",
-            &f.path("nope.fd"),
-            "--vars",
-            &f.path("vars.fd"),
-        ],
-        f.dir.path(),
-    );
+    let out = f.run("nope.fd", "vars.fd");
     assert_one_line_error(&out, "nope.fd");
     f.vars_unchanged();
 }
@@ -119,16 +92,7 @@ fn unreadable_firmware_file_is_refused() {
     let f = Files::new();
     std::fs::write(f.path("code.fd"), vec![0u8; 4096]).unwrap();
     std::fs::set_permissions(f.path("code.fd"), std::fs::Permissions::from_mode(0o000)).unwrap();
-    let out = hangar(
-        &[
-            "run",
-            "--firmware",
-            &f.path("code.fd"),
-            "--vars",
-            &f.path("vars.fd"),
-        ],
-        f.dir.path(),
-    );
+    let out = f.run("code.fd", "vars.fd");
     assert_one_line_error(&out, "not readable");
     f.vars_unchanged();
 }
@@ -154,16 +118,7 @@ fn oversized_vars_file_is_refused() {
     std::fs::write(f.path("code.fd"), vec![0u8; 4096]).unwrap();
     let big = std::fs::File::create(f.path("bigvars.fd")).unwrap();
     big.set_len((64 << 20) + 4096).unwrap();
-    let out = hangar(
-        &[
-            "run",
-            "--firmware",
-            &f.path("code.fd"),
-            "--vars",
-            &f.path("bigvars.fd"),
-        ],
-        f.dir.path(),
-    );
+    let out = f.run("code.fd", "bigvars.fd");
     assert_one_line_error(&out, "bigvars.fd");
     assert_eq!(
         std::fs::metadata(f.path("bigvars.fd")).unwrap().len(),
