@@ -507,12 +507,14 @@ mod tests {
 
     #[test]
     fn finds_the_installed_aavmf_when_present() {
-        // Only meaningful where Debian's qemu-efi-aarch64 is installed; the tests
-        // above cover the rules with hand-written descriptors.
+        // The tests above cover the rules with hand-written descriptors; this one
+        // checks the real files, which `cargo xtask setup` (and so CI) installs.
         let share = PathBuf::from("/usr/share/qemu/firmware");
-        if !share.join("60-edk2-aarch64.json").exists() {
-            return;
-        }
+        assert!(
+            share.join("60-edk2-aarch64.json").exists(),
+            "Debian's qemu-efi-aarch64 is not installed: run `cargo xtask setup` \
+             (or apt-get install -t bookworm-backports qemu-efi-aarch64)"
+        );
         let found = DescriptorSearch::with_dirs(vec![share])
             .find(&Selection::default())
             .unwrap();
