@@ -91,11 +91,7 @@ fn run(task: Task) -> Result<ExitCode, BenchError> {
         Task::Console { scenario } => {
             let bench = Bench::prepare()?;
             let status = bench.interactive(&scenario)?;
-            Ok(if status.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit_code(status.success()))
         }
         Task::BootTimes => boot_times(),
         Task::Test => {
@@ -109,11 +105,7 @@ fn run(task: Task) -> Result<ExitCode, BenchError> {
                     command: "cargo test".into(),
                     source,
                 })?;
-            Ok(if status.success() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
+            Ok(exit_code(status.success()))
         }
     }
 }
@@ -173,20 +165,12 @@ fn boot(timeout: u64) -> Result<ExitCode, BenchError> {
                 command: "cargo run hangar".into(),
                 source,
             })?;
-        return Ok(if status.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(exit_code(status.success()));
     }
     if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
         let bench = Bench::prepare()?;
         let status = bench.interactive("boot-interactive")?;
-        return Ok(if status.success() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(exit_code(status.success()));
     }
     scenario("boot", timeout, true)
 }
@@ -216,5 +200,13 @@ fn scenario(name: &str, timeout: u64, echo: bool) -> Result<ExitCode, BenchError
     } else {
         eprintln!("{}", verdict.explain());
         Ok(ExitCode::FAILURE)
+    }
+}
+
+fn exit_code(success: bool) -> ExitCode {
+    if success {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
