@@ -92,7 +92,22 @@ impl BottomHalf {
         self.handle.inner.flags.load(Ordering::Acquire) & SCHEDULED != 0
     }
 
+    /// `schedule` by the context-lock holder that will poll the context before it
+    /// drops `_held` (the pool's inline jobs): published without a wake-up (see
+    /// `Shared::publish_quiet`).
+    pub(crate) fn schedule_quiet(&self, held: &crate::ContextGuard<'_>) {
+        assert!(
+            held.guards(&self.handle.inner.shared),
+            "schedule_quiet with another context's guard"
+        );
+        self.enqueue_as(false, true);
+    }
+
     fn enqueue(&self, idle: bool) {
+        self.enqueue_as(idle, false);
+    }
+
+    fn enqueue_as(&self, idle: bool, quiet: bool) {
         let inner = &self.handle.inner;
         let mut old = inner.flags.load(Ordering::Acquire);
         loop {
@@ -123,13 +138,18 @@ impl BottomHalf {
         // is covered by that run. Otherwise publish (and wake) now.
         let already_urgent = old & SCHEDULED != 0 && old & IDLE == 0;
         if !idle && !already_urgent {
-            shared.publish_and_wake();
+            if quiet {
+                shared.publish_quiet();
+            } else {
+                shared.publish_and_wake();
+            }
         }
     }
 }
 
 /// Runs every queued BH once (context lock held). Returns whether any ran.
 pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
+    shared.quiet_work_scanned();
     let batch = shared.take_bh_queue();
     let mut progress = false;
     for bh in batch {

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::os::unix::io::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use log::error;
@@ -62,6 +62,10 @@ pub(crate) struct Shared {
     dispatching: AtomicUsize,
     /// Fault knob bits; 0 unless feature `fault-knobs` set them.
     faults: AtomicU8,
+    /// A lock holder published work quietly (without waking sleepers) that no BH
+    /// scan has taken yet. Set and cleared only by the context-lock holder (the lock
+    /// orders the holders); checked when a holder drops a guard.
+    unscanned_quiet: AtomicBool,
     /// Eventfd writes made by `publish_and_wake` (benchmarks count syscalls with it).
     pub(crate) eventfd_writes: AtomicU64,
     /// The trace ring.
@@ -126,6 +130,33 @@ impl Shared {
         self.trace.record(Ev::NotifySent, sleepers as i64);
     }
 
+    /// Work was made pending by the context-lock holder, which will scan the BH
+    /// queue itself (its own poll) before it sleeps or drops its guard: publish
+    /// without waking anybody. Sound because whoever might sleep through this work
+    /// needs it done by *some* lock holder, and this one does it: its next BH scan
+    /// runs it (the scan clears `unscanned_quiet`); should it drop its guard first,
+    /// the drop publishes again, this time with the wake-up (`release_check`).
+    /// Saves the iothread a pointless wake-up (and a fight for the lock) on every
+    /// synchronous block request.
+    pub(crate) fn publish_quiet(&self) {
+        self.unscanned_quiet.store(true, Ordering::Relaxed);
+        self.core.publish_quiet();
+        self.trace.record(Ev::NotifySkipped, -2);
+    }
+
+    /// A lock holder lets the lock go: quiet work published and not yet scanned
+    /// must not stay invisible to sleepers.
+    fn release_check(&self) {
+        if self.unscanned_quiet.swap(false, Ordering::Relaxed) {
+            self.publish_and_wake();
+        }
+    }
+
+    /// The BH scan is about to take the queue: quiet work is now being run.
+    pub(crate) fn quiet_work_scanned(&self) {
+        self.unscanned_quiet.store(false, Ordering::Relaxed);
+    }
+
     /// Writes the eventfd unconditionally.
     pub(crate) fn write_notifier(&self) {
         self.eventfd_writes.fetch_add(1, Ordering::Relaxed);
@@ -173,8 +204,18 @@ pub struct ContextGuard<'a> {
     ctx: &'a AioContext,
 }
 
+impl ContextGuard<'_> {
+    /// Whether this guard is for `shared`'s context.
+    pub(crate) fn guards(&self, shared: &Arc<Shared>) -> bool {
+        Arc::ptr_eq(&self.ctx.shared, shared)
+    }
+}
+
 impl Drop for ContextGuard<'_> {
     fn drop(&mut self) {
+        if self.ctx.ctx_lock.held_once_by_me() {
+            self.ctx.shared.release_check();
+        }
         self.ctx.ctx_lock.unlock();
     }
 }
@@ -216,6 +257,7 @@ impl AioContext {
             timerfd,
             dispatching: AtomicUsize::new(0),
             faults: AtomicU8::new(0),
+            unscanned_quiet: AtomicBool::new(false),
             eventfd_writes: AtomicU64::new(0),
             trace: TraceRing::new(),
         });

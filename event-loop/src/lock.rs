@@ -130,6 +130,13 @@ impl RecursiveLock {
         }
     }
 
+    /// Whether the calling thread holds exactly one level (its next `unlock`
+    /// releases the lock).
+    pub(crate) fn held_once_by_me(&self) -> bool {
+        let owner = self.state();
+        owner.thread == Some(thread::current().id()) && owner.depth == 1
+    }
+
     /// Whether the calling thread holds the lock.
     pub(crate) fn held_by_me(&self) -> bool {
         self.state().thread == Some(thread::current().id())

@@ -139,6 +139,14 @@ impl<A: ProtocolAtomics> WakeCore<A> {
         A::load(&self.sleepers, Ordering::Relaxed)
     }
 
+    /// Publisher that holds the context lock and will scan for work itself before
+    /// it sleeps or releases the lock (see `Shared::publish_quiet`): S1 only. The
+    /// bump still stops a poller between its snapshot and its re-check (P3) from
+    /// sleeping; nobody already asleep is told.
+    pub fn publish_quiet(&self) {
+        A::fetch_add(&self.epoch, 1, Ordering::Release);
+    }
+
     /// Current would-be sleepers (diagnostics only).
     pub fn sleepers(&self) -> u64 {
         A::load(&self.sleepers, Ordering::Relaxed)

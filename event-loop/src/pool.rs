@@ -140,6 +140,24 @@ impl ThreadPool {
         JobHandle { job }
     }
 
+    /// Runs `work` on the calling thread now and queues `done(result)` on the
+    /// completion BH as a worker would, for a context-lock holder that would
+    /// otherwise only sleep in its nested poll until a worker ran the job (the
+    /// block layer's synchronous helpers). The completion is delivered by that
+    /// poll, like any other; no thread is woken for it (the BH is scheduled
+    /// quietly: the caller's own poll runs it, and dropping `held` before polling
+    /// wakes the sleepers after all). Saves two cross-thread wake-ups a request.
+    pub fn run_inline<R: Send + 'static>(
+        &self,
+        held: &crate::ContextGuard<'_>,
+        work: impl FnOnce() -> R,
+        done: impl FnOnce(R) + Send + 'static,
+    ) {
+        let r = work();
+        lock(&self.inner.completions).push_back(Box::new(move || done(r)));
+        self.inner.completion_bh.schedule_quiet(held);
+    }
+
     fn spawn_worker(&self, st: &mut PoolState) {
         st.handles.retain(|h| !h.is_finished());
         let inner = self.inner.clone();

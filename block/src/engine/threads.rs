@@ -27,6 +27,14 @@ impl ThreadsEngine {
 
 impl Engine for ThreadsEngine {
     fn submit(&self, req: Request, done: Completion) {
+        if super::submitting_at_once() && self.ctx.is_held_by_current_thread() {
+            // A synchronous helper holding the context lock: it would only sleep
+            // in its nested poll while a worker ran this, so it runs it itself;
+            // the completion still reaches it through the pool's BH and that poll.
+            let held = self.ctx.acquire();
+            let pool = self.ctx.thread_pool();
+            return pool.run_inline(&held, || execute(&self.file, &req), done);
+        }
         let file = Arc::clone(&self.file);
         let _job = self
             .ctx
