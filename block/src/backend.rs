@@ -253,7 +253,7 @@ impl BlockBackend {
         Ok(())
     }
 
-    fn submit(&self, req: Request, done: Completion) {
+    pub(crate) fn submit(&self, req: Request, done: Completion) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let in_flight = Arc::clone(&self.in_flight);
         let done: Completion = Box::new(move |result| {

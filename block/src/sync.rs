@@ -7,55 +7,50 @@
 //! iothread may be asleep in its own poll of the same context while this thread
 //! polls it, and the pool completes requests from a third thread.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 
 use crate::backend::{IoResult, WriteMode, ZeroMode};
+use crate::engine::{Completion, Request};
 use crate::{BlockBackend, BlockError, IoVec};
 
 /// Aborts the process if a synchronous wait unwinds while its request still runs:
 /// the kernel or a worker could otherwise write into a freed stack buffer.
-struct InFlightGuard<'a>(&'a AtomicBool);
+struct InFlightGuard<'a>(&'a OnceLock<IoResult>);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        if !self.0.load(Ordering::Acquire) {
+        if self.0.get().is_none() {
             eprintln!("block: synchronous request abandoned while in flight; aborting");
             std::process::abort();
         }
     }
 }
 
-struct Slot {
-    done: AtomicBool,
-    result: Mutex<Option<IoResult>>,
-}
-
 impl BlockBackend {
-    /// Submits through `start` and waits for the completion in nested polls.
-    fn run_sync(&self, start: impl FnOnce(Box<dyn FnOnce(IoResult) + Send>)) -> IoResult {
+    /// Submits `req` and waits for its completion in nested polls.
+    fn run_sync(&self, req: Request) -> IoResult {
         let ctx = Arc::clone(self.context());
         let _lock = ctx.acquire();
-        let slot = Arc::new(Slot {
-            done: AtomicBool::new(false),
-            result: Mutex::new(None),
-        });
+        // Set once by the completion; read without a lock by the wait below.
+        let slot: Arc<OnceLock<IoResult>> = Arc::new(OnceLock::new());
         let writer = Arc::clone(&slot);
-        // We wait for this request right away: no batching for it.
-        crate::engine::submit_at_once(|| {
-            start(Box::new(move |result| {
-                *writer.result.lock().unwrap() = Some(result);
-                writer.done.store(true, Ordering::Release);
-            }))
+        let done: Completion = Box::new(move |result| {
+            let _ = writer.set(result);
         });
-        let guard = InFlightGuard(&slot.done);
+        // We wait for this request right away: no batching for it (and aio=threads
+        // runs it on this thread, see `engine::threads`).
+        crate::engine::submit_at_once(|| self.submit(req, done));
+        let guard = InFlightGuard(&slot);
         // Completions that are already there (io_uring finishing inline) need no
         // trip through the event loop.
         self.reap();
-        ctx.poll_while(|| !slot.done.load(Ordering::Acquire));
+        ctx.poll_while(|| slot.get().is_none());
         drop(guard);
-        let result = slot.result.lock().unwrap().take();
-        result.expect("completion stored before done was set")
+        // The completion ran on this thread (we hold the context lock, and only a
+        // lock holder runs completions) and has returned, dropping its clone.
+        let slot = Arc::into_inner(slot).expect("the completion's clone is gone");
+        slot.into_inner()
+            .expect("the wait ends only once the result is set")
     }
 
     /// Reads `buf.len()` bytes at `offset`.
@@ -63,7 +58,10 @@ impl BlockBackend {
         // SAFETY: `buf` outlives the request: run_sync returns only after the
         // completion ran (or aborts the process).
         let iov = unsafe { IoVec::new(buf.as_mut_ptr(), buf.len()) };
-        self.run_sync(|done| self.aio_readv(offset, vec![iov], done))
+        self.run_sync(Request::Read {
+            offset,
+            iov: vec![iov],
+        })
     }
 
     /// Writes `buf` at `offset`; returns when the data is in the file.
@@ -79,22 +77,27 @@ impl BlockBackend {
     fn pwrite_mode(&self, offset: u64, buf: &[u8], mode: WriteMode) -> IoResult {
         // SAFETY: as in `pread`; the memory is only read by a write.
         let iov = unsafe { IoVec::new(buf.as_ptr().cast_mut(), buf.len()) };
-        self.run_sync(|done| self.aio_writev(offset, vec![iov], mode, done))
+        self.run_sync(Request::Write {
+            offset,
+            iov: vec![iov],
+            fua: mode == WriteMode::Fua,
+        })
     }
 
     /// Flushes completed writes to stable storage.
     pub fn flush(&self) -> Result<(), BlockError> {
-        self.run_sync(|done| self.aio_flush(done)).map(|_| ())
+        self.run_sync(Request::Flush).map(|_| ())
     }
 
     /// Discards a range and waits.
     pub fn discard(&self, offset: u64, len: u64) -> IoResult {
-        self.run_sync(|done| self.aio_discard(offset, len, done))
+        self.run_sync(Request::Discard { offset, len })
     }
 
     /// Zeroes a range and waits.
     pub fn write_zeroes(&self, offset: u64, len: u64, mode: ZeroMode) -> IoResult {
-        self.run_sync(|done| self.aio_write_zeroes(offset, len, mode, done))
+        let unmap = mode == ZeroMode::MayUnmap && self.supports_discard();
+        self.run_sync(Request::WriteZeroes { offset, len, unmap })
     }
 
     /// Waits in nested polls until no request of this backend is in flight.

@@ -326,3 +326,45 @@ fn second_opener_is_refused_while_first_holds_the_image() {
     let _r1 = BlockBackend::open(img.path(), &ro, ctx.clone()).unwrap();
     let _r2 = BlockBackend::open(img.path(), &ro, ctx).expect("readers share");
 }
+
+/// The synchronous helpers of aio=threads run their request on the waiting thread
+/// and collect the completion in their own nested poll: no pool worker is started
+/// and the idle iothread sleeping on the same context is never woken (no eventfd
+/// write). The data still reaches the file.
+#[test]
+fn sync_writes_run_inline_without_waking_the_iothread() {
+    let img = image_in("/var/tmp", MIB);
+    let path = img.path();
+    let ctx = AioContext::new().unwrap();
+    let options = opts(AioMode::Threads, CacheMode::Writeback);
+    let backend = BlockBackend::open(path, &options, ctx.clone()).unwrap();
+    let iothread = IoThread::spawn("test-idle-io", ctx.clone()).unwrap();
+    // Let the iothread reach its wait, announced as a sleeper.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while ctx.sleepers() == 0 {
+        assert!(std::time::Instant::now() < deadline, "iothread never slept");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let writes_before = ctx.eventfd_writes();
+    for i in 0..200u64 {
+        let buf = [i as u8; 4096];
+        assert_eq!(backend.pwrite(i * 4096, &buf).unwrap(), 4096);
+    }
+    backend.flush().unwrap();
+    assert_eq!(
+        ctx.eventfd_writes(),
+        writes_before,
+        "a synchronous request woke the iothread"
+    );
+    assert_eq!(ctx.thread_pool().workers(), 0, "a pool worker was started");
+    let file = std::fs::File::open(path).unwrap();
+    let mut got = [0u8; 4096];
+    for i in [0u64, 77, 199] {
+        file.read_exact_at(&mut got, i * 4096).unwrap();
+        assert!(
+            got.iter().all(|&b| b == i as u8),
+            "block {i} not in the file"
+        );
+    }
+    iothread.stop();
+}

@@ -6,6 +6,8 @@
 //! protocol ([`crate::notify`]). Dispatch clears the flags *before* running the
 //! callback, so a BH that reschedules itself from its own callback runs again.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -149,10 +151,17 @@ impl BottomHalf {
 
 /// Runs every queued BH once (context lock held). Returns whether any ran.
 pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
+    thread_local! {
+        /// This thread's empty batch buffer, swapped into the context's queue.
+        static SPARE: RefCell<VecDeque<Arc<BhInner>>> = const { RefCell::new(VecDeque::new()) };
+    }
     shared.quiet_work_scanned();
-    let batch = shared.take_bh_queue();
+    // A nested dispatch further down this stack finds the spare taken and starts
+    // from an empty one: correct, only not allocation-free.
+    let mut batch = SPARE.with(|s| s.take());
+    shared.swap_bh_queue(&mut batch);
     let mut progress = false;
-    for bh in batch {
+    for bh in batch.drain(..) {
         // Clear QUEUED with the rest so a reschedule from the callback re-queues it.
         let old = bh
             .flags
@@ -185,6 +194,11 @@ pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
             },
         }
     }
+    SPARE.with(|s| {
+        if s.borrow().capacity() < batch.capacity() {
+            *s.borrow_mut() = batch;
+        }
+    });
     progress
 }
 

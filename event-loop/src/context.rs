@@ -81,6 +81,14 @@ impl Shared {
         std::mem::take(&mut *lock(&self.bh_queue))
     }
 
+    /// Swaps the pending queue with `batch` (empty): the dispatcher gets the
+    /// pending BHs and the queue keeps `batch`'s allocation, so a steady
+    /// schedule/dispatch cycle allocates nothing.
+    pub(crate) fn swap_bh_queue(&self, batch: &mut VecDeque<Arc<BhInner>>) {
+        debug_assert!(batch.is_empty());
+        std::mem::swap(&mut *lock(&self.bh_queue), batch);
+    }
+
     /// (urgent, idle): whether a non-idle / only-idle BH is pending.
     fn pending_bhs(&self) -> (bool, bool) {
         let q = lock(&self.bh_queue);
@@ -302,7 +310,26 @@ impl AioContext {
 
     /// Nested wait helper (like QEMU's `AIO_WAIT_WHILE`): while `cond()` is true,
     /// `poll(true)`. Caller holds the context lock.
+    ///
+    /// If BHs are pending when it starts, the first pass only runs them, without
+    /// asking the kernel for events: the caller has usually just made its own
+    /// completion pending (a synchronous request run inline), and the `epoll_wait`
+    /// would be a syscall for nothing. Once per call, so fd events wait at most
+    /// one BH pass longer; they are level-triggered and stay ready, and the
+    /// notifier is simply not cleared in that pass (clearing it is what would
+    /// oblige a scan, not the reverse).
     pub fn poll_while(&self, mut cond: impl FnMut() -> bool) {
+        if !cond() {
+            return;
+        }
+        assert!(
+            self.ctx_lock.held_by_me(),
+            "AioContext::poll_while without the context lock"
+        );
+        if self.shared.pending_bhs().0 {
+            self.shared.trace.record(Ev::PollEnter, 0);
+            self.dispatch(&[], Poller::Nested);
+        }
         while cond() {
             self.poll(true);
         }

@@ -19,24 +19,52 @@
 //! acquires before anyone else"), so everything argued and model-checked for the
 //! plain lock in `docs/event-loop.md` still holds.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::thread::{self, ThreadId};
 
-/// Who holds the lock, how many times, and who waits for it.
+/// A small per-process number for the calling thread, never 0 (0 means "nobody").
+/// Cheaper than `thread::current().id()`, which the hot path would call several
+/// times per request.
+fn my_token() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static TOKEN: Cell<u64> = const { Cell::new(0) };
+    }
+    TOKEN.with(|t| {
+        if t.get() == 0 {
+            t.set(NEXT.fetch_add(1, Relaxed));
+        }
+        t.get()
+    })
+}
+
+/// Who holds the lock and who waits for it.
 struct Owner {
-    thread: Option<ThreadId>,
-    depth: usize,
+    thread: Option<u64>,
     /// Threads blocked in `lock`, oldest first. `unlock` hands the lock to the
     /// front one and signals the condvar only if this is non-empty (std's
     /// `notify_all` is a futex syscall even with nobody waiting).
-    queue: VecDeque<ThreadId>,
+    queue: VecDeque<u64>,
 }
 
 /// A recursive FIFO hand-off mutex built from a `Mutex` and a `Condvar` (no
 /// unsafe code).
+///
+/// Two atomics mirror the owner so that the owner's own operations (re-entry,
+/// leaving an inner level, "do I hold it?") need no mutex: `holder` is the
+/// owner's token (0: none), `depth` its level count. `holder` is written under
+/// the mutex only, and `depth` by the owner only (or under the mutex while the
+/// lock passes to a thread still asleep in `lock`). A thread reading `holder`
+/// relaxed sees its own token exactly when it is the owner: only the owner's own
+/// writes and a hand-off *to* it store its token, and it clears it itself before
+/// it lets go (coherence: a thread never reads a value older than its own last
+/// write to that location).
 pub(crate) struct RecursiveLock {
     owner: Mutex<Owner>,
+    holder: AtomicU64,
+    depth: AtomicUsize,
     /// Signalled when the lock is handed to a queued thread. All waiters wake and
     /// the one it was handed to proceeds; with one iothread and a few vCPUs the
     /// queue is short, so waking all costs the same single futex call.
@@ -48,9 +76,10 @@ impl RecursiveLock {
         RecursiveLock {
             owner: Mutex::new(Owner {
                 thread: None,
-                depth: 0,
                 queue: VecDeque::new(),
             }),
+            holder: AtomicU64::new(0),
+            depth: AtomicUsize::new(0),
             handed_over: Condvar::new(),
         }
     }
@@ -66,28 +95,31 @@ impl RecursiveLock {
     /// waits); otherwise queues behind the threads already waiting and sleeps until
     /// the lock is handed to this thread.
     pub(crate) fn lock(&self) {
-        let me = thread::current().id();
+        let me = my_token();
+        if self.holder.load(Relaxed) == me {
+            self.depth.fetch_add(1, Relaxed);
+            return;
+        }
         let mut owner = self.state();
         match owner.thread {
-            Some(t) if t == me => {
-                owner.depth += 1;
-            }
             None => {
                 debug_assert!(owner.queue.is_empty(), "free lock with waiters");
                 owner.thread = Some(me);
-                owner.depth = 1;
+                self.holder.store(me, Relaxed);
+                self.depth.store(1, Relaxed);
             }
             Some(_) => {
                 owner.queue.push_back(me);
-                // `unlock` removes us from the queue when it hands the lock over,
-                // so ownership is the only thing to wait for.
+                // `unlock` removes us from the queue when it hands the lock over
+                // (and sets `holder` and `depth` for us), so ownership is the only
+                // thing to wait for.
                 while owner.thread != Some(me) {
                     owner = self
                         .handed_over
                         .wait(owner)
                         .unwrap_or_else(|p| p.into_inner());
                 }
-                debug_assert_eq!(owner.depth, 1);
+                debug_assert_eq!(self.depth.load(Relaxed), 1);
             }
         }
     }
@@ -95,35 +127,41 @@ impl RecursiveLock {
     /// Takes the lock if it is free or already ours; returns whether it did.
     #[cfg(test)]
     pub(crate) fn try_lock(&self) -> bool {
-        let me = thread::current().id();
+        let me = my_token();
         let mut owner = self.state();
         if owner.thread.is_some_and(|t| t != me) {
             return false;
         }
         owner.thread = Some(me);
-        owner.depth += 1;
+        self.holder.store(me, Relaxed);
+        self.depth.fetch_add(1, Relaxed);
         true
     }
 
     /// Releases one level. The last level hands the lock to the oldest waiter, if
     /// any. Panics if this thread does not hold the lock (a bug).
     pub(crate) fn unlock(&self) {
-        let me = thread::current().id();
-        let mut owner = self.state();
+        let me = my_token();
         assert_eq!(
-            owner.thread,
-            Some(me),
+            self.holder.load(Relaxed),
+            me,
             "context lock released by a non-owner"
         );
-        owner.depth -= 1;
-        if owner.depth > 0 {
+        if self.depth.load(Relaxed) > 1 {
+            self.depth.fetch_sub(1, Relaxed);
             return;
         }
+        let mut owner = self.state();
         match owner.queue.pop_front() {
-            None => owner.thread = None,
+            None => {
+                owner.thread = None;
+                self.holder.store(0, Relaxed);
+                self.depth.store(0, Relaxed);
+            }
             Some(next) => {
                 owner.thread = Some(next);
-                owner.depth = 1;
+                self.holder.store(next, Relaxed);
+                self.depth.store(1, Relaxed);
                 drop(owner);
                 self.handed_over.notify_all();
             }
@@ -133,13 +171,18 @@ impl RecursiveLock {
     /// Whether the calling thread holds exactly one level (its next `unlock`
     /// releases the lock).
     pub(crate) fn held_once_by_me(&self) -> bool {
-        let owner = self.state();
-        owner.thread == Some(thread::current().id()) && owner.depth == 1
+        self.held_by_me() && self.depth.load(Relaxed) == 1
     }
 
     /// Whether the calling thread holds the lock.
     pub(crate) fn held_by_me(&self) -> bool {
-        self.state().thread == Some(thread::current().id())
+        self.holder.load(Relaxed) == my_token()
+    }
+
+    /// Levels held by the owner (tests).
+    #[cfg(test)]
+    fn depth(&self) -> usize {
+        self.depth.load(Relaxed)
     }
 }
 
@@ -162,7 +205,7 @@ mod tests {
                     handles.iter().filter(|h| !h.is_finished()).count(),
                     handles.len(),
                     o.thread,
-                    o.depth,
+                    l.depth(),
                     o.queue
                 );
             }

@@ -2,7 +2,8 @@
 //! steps, dumped when a hang is suspected.
 //!
 //! Each record is three relaxed stores after one `fetch_add` on the head; no lock,
-//! no allocation, no syscall (the clock is read through the vDSO). Records from
+//! no allocation, no syscall (the coarse clock, read through the vDSO: times in
+//! the dump have the kernel tick's resolution, 1-4 ms). Records from
 //! racing threads may interleave or be torn when the ring wraps; it is a
 //! diagnosis aid, not a log of record.
 
@@ -10,7 +11,7 @@ use std::cell::Cell;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
-use crate::sys::monotonic_ns;
+use crate::sys::coarse_monotonic_ns;
 
 const RING_LEN: usize = 1024;
 
@@ -100,7 +101,7 @@ impl TraceRing {
     pub(crate) fn record(&self, ev: Ev, arg: i64) {
         let slot = self.head.fetch_add(1, Relaxed) % RING_LEN;
         let w = (ev as u64) << 56 | (trace_tid() & 0xff) << 48 | (arg as u64 & 0xffff_ffff_ffff);
-        self.time[slot].store(monotonic_ns(), Relaxed);
+        self.time[slot].store(coarse_monotonic_ns(), Relaxed);
         self.word[slot].store(w, Relaxed);
     }
 

@@ -47,10 +47,12 @@ impl Engine for ThreadsEngine {
 pub(crate) fn execute(file: &RawFile, req: &Request) -> Result<usize, BlockError> {
     let fd = file.fd();
     match req {
-        Request::Read { offset, iov } => transfer(fd, *offset, iov_vec(iov), Op::Read, 0),
+        Request::Read { offset, iov } => {
+            with_libc_iovecs(iov, |vecs| transfer(fd, *offset, vecs, Op::Read, 0))
+        }
         Request::Write { offset, iov, fua } => {
             let flags = if *fua { libc::RWF_DSYNC } else { 0 };
-            transfer(fd, *offset, iov_vec(iov), Op::Write, flags)
+            with_libc_iovecs(iov, |vecs| transfer(fd, *offset, vecs, Op::Write, flags))
         }
         Request::Flush => {
             // SAFETY: fdatasync on an fd the RawFile keeps open.
@@ -93,8 +95,25 @@ pub(crate) fn execute(file: &RawFile, req: &Request) -> Result<usize, BlockError
     }
 }
 
-fn iov_vec(iov: &[crate::IoVec]) -> Vec<libc::iovec> {
-    iov.iter().map(|v| v.to_libc()).collect()
+/// Segment lists up to this long are converted on the stack (no allocation on
+/// the common path: one to a few segments per request).
+const STACK_SEGMENTS: usize = 8;
+
+/// Runs `f` on `iov` as a mutable `libc::iovec` array (the cursor `transfer` moves).
+fn with_libc_iovecs<R>(iov: &[crate::IoVec], f: impl FnOnce(&mut [libc::iovec]) -> R) -> R {
+    if iov.len() <= STACK_SEGMENTS {
+        let mut stack = [libc::iovec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; STACK_SEGMENTS];
+        for (slot, v) in stack.iter_mut().zip(iov) {
+            *slot = v.to_libc();
+        }
+        f(&mut stack[..iov.len()])
+    } else {
+        let mut heap: Vec<libc::iovec> = iov.iter().map(|v| v.to_libc()).collect();
+        f(&mut heap)
+    }
 }
 
 fn fallocate(fd: RawFd, mode: i32, offset: u64, len: u64) -> Result<(), i32> {
@@ -124,8 +143,8 @@ fn write_zero_buffers(file: &RawFile, offset: u64, len: u64) -> Result<usize, Bl
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(CHUNK as u64) as usize;
-        let vecs = vec![zeroes.iovec(n).to_libc()];
-        transfer(file.fd(), offset + done, vecs, Op::WriteZeroes, 0)?;
+        let mut vecs = [zeroes.iovec(n).to_libc()];
+        transfer(file.fd(), offset + done, &mut vecs, Op::WriteZeroes, 0)?;
         done += n as u64;
     }
     Ok(len as usize)
@@ -135,7 +154,7 @@ fn write_zero_buffers(file: &RawFile, offset: u64, len: u64) -> Result<usize, Bl
 fn transfer(
     fd: RawFd,
     offset: u64,
-    mut vecs: Vec<libc::iovec>,
+    vecs: &mut [libc::iovec],
     op: Op,
     flags: i32,
 ) -> Result<usize, BlockError> {
@@ -145,7 +164,20 @@ fn transfer(
     while done < total {
         let count = (vecs.len() - first).min(MAX_SEGMENTS) as libc::c_int;
         let at = (offset + done as u64) as libc::off_t;
-        let ret = if op == Op::Read {
+        let ret = if count == 1 && flags == 0 {
+            // One segment: plain pread/pwrite, a little cheaper in the kernel than
+            // the vectored calls (no iovec array to import).
+            let v = vecs[first];
+            if op == Op::Read {
+                // SAFETY: the segment is valid for writes until completion (IoVec's
+                // contract).
+                unsafe { libc::pread(fd, v.iov_base, v.iov_len, at) }
+            } else {
+                // SAFETY: the segment is valid for reads until completion (IoVec's
+                // contract).
+                unsafe { libc::pwrite(fd, v.iov_base, v.iov_len, at) }
+            }
+        } else if op == Op::Read {
             // SAFETY: the segments are valid for writes until completion (IoVec's
             // contract); `first..first+count` lies inside `vecs`.
             unsafe { libc::preadv2(fd, vecs[first..].as_ptr(), count, at, flags) }
@@ -172,7 +204,7 @@ fn transfer(
             });
         }
         done += ret as usize;
-        advance(&mut vecs, &mut first, ret as usize);
+        advance(vecs, &mut first, ret as usize);
     }
     Ok(total)
 }
