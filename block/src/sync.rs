@@ -7,7 +7,8 @@
 //! iothread may be asleep in its own poll of the same context while this thread
 //! polls it, and the pool completes requests from a third thread.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::backend::{IoResult, WriteMode, ZeroMode};
 use crate::engine::{Completion, Request};
@@ -15,15 +16,21 @@ use crate::{BlockBackend, BlockError, IoVec};
 
 /// Aborts the process if a synchronous wait unwinds while its request still runs:
 /// the kernel or a worker could otherwise write into a freed stack buffer.
-struct InFlightGuard<'a>(&'a OnceLock<IoResult>);
+struct InFlightGuard<'a>(&'a Slot);
 
 impl Drop for InFlightGuard<'_> {
     fn drop(&mut self) {
-        if self.0.get().is_none() {
+        if !self.0.done.load(Ordering::Acquire) {
             eprintln!("block: synchronous request abandoned while in flight; aborting");
             std::process::abort();
         }
     }
+}
+
+/// Where the completion leaves the result for the waiter.
+struct Slot {
+    done: AtomicBool,
+    result: Mutex<Option<IoResult>>,
 }
 
 impl BlockBackend {
@@ -31,11 +38,14 @@ impl BlockBackend {
     fn run_sync(&self, req: Request) -> IoResult {
         let ctx = Arc::clone(self.context());
         let _lock = ctx.acquire();
-        // Set once by the completion; read without a lock by the wait below.
-        let slot: Arc<OnceLock<IoResult>> = Arc::new(OnceLock::new());
+        let slot = Arc::new(Slot {
+            done: AtomicBool::new(false),
+            result: Mutex::new(None),
+        });
         let writer = Arc::clone(&slot);
         let done: Completion = Box::new(move |result| {
-            let _ = writer.set(result);
+            *writer.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+            writer.done.store(true, Ordering::Release);
         });
         // We wait for this request right away: no batching for it (and aio=threads
         // runs it on this thread, see `engine::threads`).
@@ -44,13 +54,10 @@ impl BlockBackend {
         // Completions that are already there (io_uring finishing inline) need no
         // trip through the event loop.
         self.reap();
-        ctx.poll_while(|| slot.get().is_none());
+        ctx.poll_while(|| !slot.done.load(Ordering::Acquire));
         drop(guard);
-        // The completion ran on this thread (we hold the context lock, and only a
-        // lock holder runs completions) and has returned, dropping its clone.
-        let slot = Arc::into_inner(slot).expect("the completion's clone is gone");
-        slot.into_inner()
-            .expect("the wait ends only once the result is set")
+        let result = slot.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+        result.expect("completion stored before done was set")
     }
 
     /// Reads `buf.len()` bytes at `offset`.

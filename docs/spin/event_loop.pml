@@ -6,6 +6,12 @@
  * thread-pool completions whose BH reschedules itself, a pool worker, and a
  * thread scheduling a BH. Each step's comment names the code it stands for.
  *
+ * The vCPU runs one of its jobs inline (pool.rs ThreadPool::run_inline) and
+ * schedules the completion BH quietly (Shared::publish_quiet: epoch bump only,
+ * no wake-up); then it either polls (poll_while, with its BH-only first pass) or
+ * lets the lock go at once, so the release check (ContextGuard::drop ->
+ * Shared::release_check) is what has to wake the iothread.
+ *
  * Run (event-loop/tests/spin_models.rs does exactly this in CI):
  *   spin -a event_loop.pml
  *   gcc -O0 -DSAFETY -DNOCLAIM -o pan_safety pan.c && ./pan_safety -m100000
@@ -14,8 +20,10 @@
  *       -> "errors: 0": the LTL property `all_work_done` holds (no fairness needed)
  *   The same with `spin -DBUG_A -a event_loop.pml` (failure (a): notify skipped
  *   while "dispatching") and `spin -DBUG_B -a ...` (failure (b): the nested poll
- *   clears the notifier after its scan): both searches report errors and write
- *   event_loop.pml.trail; `spin -DBUG_A -t -p event_loop.pml` replays it.
+ *   clears the notifier after its scan) and `spin -DBUG_Q -a ...` (the lock holder
+ *   lets the lock go after a quiet publish without the release check): each search
+ *   reports errors and writes event_loop.pml.trail; `spin -DBUG_A -t -p
+ *   event_loop.pml` replays it.
  *
  * Promela is sequentially consistent: this model checks the interleavings of
  * (a) and (b). Failure (c) (store buffering around the SeqCst fences) is a
@@ -30,7 +38,8 @@
 #ifndef VCPU_ROUNDS
 #define VCPU_ROUNDS  1    /* nested polls done by the vCPU thread */
 #endif
-#define JOBS         2    /* pool jobs per nested poll (two can complete at once, so
+#define JOBS         2    /* pool jobs per nested poll: JOBS-1 go to the worker, one
+                             runs inline (two completions can be queued at once, so
                              the completion BH reschedules itself) */
 #ifndef SCHED_ROUNDS
 #define SCHED_ROUNDS 1    /* BHs scheduled by the scheduler thread */
@@ -50,6 +59,7 @@ bool efd = 0;             /* notifier eventfd readable (counter > 0) */
 byte dispatching = 0;     /* Shared::dispatching */
 bit gen = 0;              /* AioContext::dispatch_gen (mod 2) */
 byte owner = 0;           /* RecursiveLock owner: 0 free, 1 iothread, 2 vcpu */
+bool unscanned = 0;       /* Shared::unscanned_quiet (only the lock holder touches it) */
 /* bh.rs: the SCHEDULED bit (QUEUED folded in: a BH is queued iff scheduled here) */
 bool sched[NBH];
 byte runs[NBH];
@@ -78,6 +88,35 @@ inline publish_and_wake() {
 #endif
     :: else -> skip                    /* sleepers == 0: trace NotifySkipped, no syscall */
     fi
+}
+
+/* bh.rs BottomHalf::schedule_quiet (enqueue_as(idle = false, quiet = true)), by
+ * the context-lock holder only */
+inline schedule_quiet(b, was) {
+    atomic {                           /* flags.compare_exchange_weak(old, old|SCHEDULED|QUEUED) */
+        was = sched[b];
+        sched[b] = 1
+    }
+    if                                 /* already_urgent => no publish */
+    :: was -> skip
+    :: else ->                         /* Shared::publish_quiet: */
+        unscanned = 1;                 /* unscanned_quiet.store(true) */
+        epoch++                        /* core.publish_quiet(): S1 only; no fence, no
+                                          sleepers check, no eventfd write */
+    fi
+}
+
+/* ContextGuard::drop of the outermost guard (held_once_by_me): release_check, then
+ * ctx_lock.unlock() */
+inline release() {
+#ifndef BUG_Q
+    if                                 /* release_check: unscanned_quiet.swap(false) */
+    :: unscanned -> unscanned = 0; publish_and_wake()
+    :: else -> skip
+    fi;
+#endif
+    /* fault Q (BUG_Q): no release check; quiet work stays invisible to sleepers */
+    owner = 0                          /* ctx_lock.unlock() */
 }
 
 /* bh.rs BottomHalf::enqueue(idle = false) */
@@ -142,7 +181,8 @@ inline dispatch_one(bid, queued, torun, got, more, was) {
     torun = 0; got = 0; more = 0; was = 0   /* dead locals (state-space hygiene) */
 }
 
-/* context.rs AioContext::dispatch (lock held); who: 1 iothread, 2 nested */
+/* context.rs AioContext::dispatch (lock held); who: 1 iothread, 2 nested.
+ * fired = 0 for poll_while's BH-only first pass (dispatch(&[], Nested)). */
 inline dispatch(who, fired, torun, got, more, was, q0, q1, q2) {
     gen = 1 - gen;                     /* dispatch_gen.fetch_add(1) (mod 2 here) */
 #ifdef BUG_B
@@ -158,7 +198,8 @@ inline dispatch(who, fired, torun, got, more, was, q0, q1, q2) {
 #endif
     fired = 0;
     dispatching++;                     /* dispatching.fetch_add(1) */
-    atomic {                           /* bh.rs dispatch_queue: take_bh_queue() */
+    unscanned = 0;                     /* dispatch_queue: quiet_work_scanned() */
+    atomic {                           /* bh.rs dispatch_queue: swap_bh_queue() */
         q0 = sched[0]; q1 = sched[1]; q2 = sched[2]
     }
     dispatch_one(0, q0, torun, got, more, was);
@@ -212,7 +253,7 @@ end_loop:
        fi;
        dispatch(1, fired, torun, got, more, was, q0, q1, q2);
        g = 0;
-       owner = 0                       /* ContextGuard drop: unlock */
+       release()                       /* _guard dropped (depth 1) */
     od
 }
 
@@ -236,14 +277,38 @@ active proctype Vcpu() {
         round++;
         atomic { owner == 0 -> owner = 2 };        /* ctx.acquire() */
         left = JOBS;
-        jobs = jobs + JOBS;                        /* thread_pool().submit(..) x JOBS */
-        do                                         /* poll_while(|| left > 0) */
-        :: left > 0 ->
-            prepare_and_wait(snap, urgent, may_block, fired);  /* poll(true), lock held */
-            dispatch(2, fired, torun, got, more, was, q0, q1, q2)
-        :: else -> break
-        od;
-        owner = 0;                                 /* drop(guard) */
+        if
+        :: jobs = jobs + JOBS                      /* thread_pool().submit(..) x JOBS */
+        :: jobs = jobs + JOBS - 1;                 /* or submit(..) x (JOBS-1) and */
+                                                   /* run_inline(&held, work, done): */
+           completions++;                          /*   work() here; completions.push_back */
+           schedule_quiet(POOL_BH, was)            /*   completion_bh.schedule_quiet(held) */
+        fi;
+        if
+        :: if                                      /* poll_while(|| left > 0): */
+           :: left > 0 ->                          /*   if !cond() { return } */
+               atomic {                            /*   if pending_bhs().0 (queue mutex) */
+                   urgent = sched[0] || sched[1] || sched[2]
+               }
+               if                                  /*   BH-only first pass: no epoll_wait, */
+               :: urgent ->                        /*   the notifier is not cleared (fired = 0) */
+                   dispatch(2, fired, torun, got, more, was, q0, q1, q2)
+               :: else -> skip
+               fi;
+               urgent = 0;
+               do                                  /*   while cond() { poll(true) } */
+               :: left > 0 ->
+                   prepare_and_wait(snap, urgent, may_block, fired);  /* lock held */
+                   dispatch(2, fired, torun, got, more, was, q0, q1, q2)
+               :: else -> break
+               od
+           :: else -> skip
+           fi
+        :: skip                                    /* or let go without polling (a holder
+                                                      whose condition was already met):
+                                                      the quiet work is still unscanned */
+        fi;
+        release();                                 /* drop(guard), outermost */
         (runs[FOLLOWUP] >= round)                  /* wait_for(&followups, i) */
     :: else -> break
     od;

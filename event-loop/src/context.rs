@@ -160,6 +160,11 @@ impl Shared {
         }
     }
 
+    /// Whether quiet work is pending that no scan took yet. Lock holder only.
+    fn has_unscanned_quiet_work(&self) -> bool {
+        self.unscanned_quiet.load(Ordering::Relaxed)
+    }
+
     /// The BH scan is about to take the queue: quiet work is now being run.
     pub(crate) fn quiet_work_scanned(&self) {
         self.unscanned_quiet.store(false, Ordering::Relaxed);
@@ -311,10 +316,10 @@ impl AioContext {
     /// Nested wait helper (like QEMU's `AIO_WAIT_WHILE`): while `cond()` is true,
     /// `poll(true)`. Caller holds the context lock.
     ///
-    /// If BHs are pending when it starts, the first pass only runs them, without
-    /// asking the kernel for events: the caller has usually just made its own
-    /// completion pending (a synchronous request run inline), and the `epoll_wait`
-    /// would be a syscall for nothing. Once per call, so fd events wait at most
+    /// If the caller published work quietly (a synchronous request it ran inline,
+    /// see `ThreadPool::run_inline`), the first pass only runs the pending BHs,
+    /// without asking the kernel for events: that `epoll_wait` would be a syscall
+    /// for nothing. Once per call, so fd events wait at most
     /// one BH pass longer; they are level-triggered and stay ready, and the
     /// notifier is simply not cleared in that pass (clearing it is what would
     /// oblige a scan, not the reverse).
@@ -326,8 +331,7 @@ impl AioContext {
             self.ctx_lock.held_by_me(),
             "AioContext::poll_while without the context lock"
         );
-        if self.shared.pending_bhs().0 {
-            self.shared.trace.record(Ev::PollEnter, 0);
+        if self.shared.has_unscanned_quiet_work() {
             self.dispatch(&[], Poller::Nested);
         }
         while cond() {
