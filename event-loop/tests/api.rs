@@ -410,3 +410,82 @@ fn nested_poller_and_iothread_both_asleep_are_served() {
     drop(bh);
     io.stop();
 }
+
+/// Waits (bounded) until the context has `n` announced sleepers.
+fn wait_for_sleepers(ctx: &AioContext, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ctx.sleepers() < n {
+        assert!(Instant::now() < deadline, "no poller went to sleep");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn inline_job_is_delivered_by_the_holders_poll_without_waking_the_iothread() {
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    wait_for_sleepers(&ctx, 1);
+    let writes = ctx.eventfd_writes();
+    let (c, n) = counter();
+    let ran_on = Arc::new(Mutex::new(None));
+    let r = ran_on.clone();
+    let guard = ctx.acquire();
+    ctx.thread_pool().run_inline(
+        &guard,
+        move || *r.lock().unwrap() = Some(std::thread::current().id()),
+        move |()| {
+            c.fetch_add(1, Ordering::SeqCst);
+        },
+    );
+    assert_eq!(*ran_on.lock().unwrap(), Some(std::thread::current().id()));
+    assert_eq!(
+        n(),
+        0,
+        "completions run on the context, not inside run_inline"
+    );
+    ctx.poll_while(|| n() == 0);
+    drop(guard);
+    assert_eq!(
+        ctx.eventfd_writes(),
+        writes,
+        "the sleeping iothread was woken"
+    );
+    assert_eq!(ctx.thread_pool().workers(), 0);
+    io.stop();
+}
+
+#[test]
+fn inline_job_left_unpolled_wakes_the_iothread_at_release() {
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    wait_for_sleepers(&ctx, 1);
+    let writes = ctx.eventfd_writes();
+    let (c, n) = counter();
+    {
+        let outer = ctx.acquire();
+        let inner = ctx.acquire();
+        ctx.thread_pool().run_inline(
+            &inner,
+            || (),
+            move |()| {
+                c.fetch_add(1, Ordering::SeqCst);
+            },
+        );
+        // Leaving an inner level does not publish: the holder may still poll.
+        drop(inner);
+        assert_eq!(ctx.eventfd_writes(), writes);
+        // Letting the lock go without polling must hand the work to the sleeper.
+        drop(outer);
+    }
+    assert_eq!(ctx.eventfd_writes(), writes + 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while n() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the iothread never ran the completion:\n{}",
+            ctx.trace_dump()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    io.stop();
+}
