@@ -287,15 +287,11 @@ active proctype Vcpu() {
         if
         :: if                                      /* poll_while(|| left > 0): */
            :: left > 0 ->                          /*   if !cond() { return } */
-               atomic {                            /*   if pending_bhs().0 (queue mutex) */
-                   urgent = sched[0] || sched[1] || sched[2]
-               }
-               if                                  /*   BH-only first pass: no epoll_wait, */
-               :: urgent ->                        /*   the notifier is not cleared (fired = 0) */
-                   dispatch(2, fired, torun, got, more, was, q0, q1, q2)
-               :: else -> skip
+               if                                  /*   if has_unscanned_quiet_work(): */
+               :: unscanned ->                     /*   BH-only first pass dispatch(&[], Nested): */
+                   dispatch(2, fired, torun, got, more, was, q0, q1, q2)  /* no epoll_wait, */
+               :: else -> skip                     /*   notifier not cleared (fired is 0) */
                fi;
-               urgent = 0;
                do                                  /*   while cond() { poll(true) } */
                :: left > 0 ->
                    prepare_and_wait(snap, urgent, may_block, fired);  /* lock held */
@@ -306,7 +302,7 @@ active proctype Vcpu() {
            fi
         :: skip                                    /* or let go without polling (a holder
                                                       whose condition was already met):
-                                                      the quiet work is still unscanned */
+                                                      any quiet work is still unscanned */
         fi;
         release();                                 /* drop(guard), outermost */
         (runs[FOLLOWUP] >= round)                  /* wait_for(&followups, i) */

@@ -4,8 +4,10 @@
 //! * the real algorithm: exhaustive safety search with no invalid end state
 //!   (nobody left waiting for a BH that never runs), and the LTL property
 //!   `all_work_done` (every scheduled BH is eventually dispatched) holds;
-//! * `-DBUG_A` (notify skipped while dispatching) and `-DBUG_B` (nested poll clears
-//!   the notifier after its scan) both fail, with a counter-example trail.
+//! * `-DBUG_A` (notify skipped while dispatching), `-DBUG_B` (nested poll clears
+//!   the notifier after its scan) and `-DBUG_Q` (a lock holder that published
+//!   quietly lets the lock go without the release check) each fail, with a
+//!   counter-example trail.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -162,4 +164,9 @@ fn failure_a_skip_notify_while_dispatching_fails_with_a_trail() {
 #[test]
 fn failure_b_nested_poll_clears_notifier_fails_with_a_trail() {
     assert_fails("-DBUG_B");
+}
+
+#[test]
+fn failure_q_quiet_publish_without_release_check_fails_with_a_trail() {
+    assert_fails("-DBUG_Q");
 }
