@@ -41,6 +41,7 @@ const EVENTS_PER_WAIT: usize = 64;
 /// Fault knob bits (feature `fault-knobs`; always 0 otherwise).
 pub(crate) const FAULT_SKIP_WHILE_DISPATCHING: u8 = 1;
 pub(crate) const FAULT_NESTED_CLEARS_NOTIFIER: u8 = 2;
+pub(crate) const FAULT_QUIET_RELEASE_SKIPS_WAKE: u8 = 4;
 
 /// The part of the context that BHs, timers and the pool reference.
 pub(crate) struct Shared {
@@ -156,6 +157,11 @@ impl Shared {
     /// must not stay invisible to sleepers.
     fn release_check(&self) {
         if self.unscanned_quiet.swap(false, Ordering::Relaxed) {
+            if self.fault(FAULT_QUIET_RELEASE_SKIPS_WAKE) {
+                // Failure (q), on purpose.
+                self.trace.record(Ev::NotifySkipped, -3);
+                return;
+            }
             self.publish_and_wake();
         }
     }
@@ -571,6 +577,7 @@ impl AioContext {
         let bit = match fault {
             Fault::SkipNotifyWhileDispatching => FAULT_SKIP_WHILE_DISPATCHING,
             Fault::NestedPollClearsNotifier => FAULT_NESTED_CLEARS_NOTIFIER,
+            Fault::QuietReleaseSkipsWake => FAULT_QUIET_RELEASE_SKIPS_WAKE,
             Fault::NoFullFence => {
                 self.shared.core.set_full_fences(!on);
                 return;

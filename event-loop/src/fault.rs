@@ -10,4 +10,8 @@ pub enum Fault {
     /// (c) the full fences between "announce sleeper"/"check work" and
     /// "make pending"/"read sleepers" are weakened to release/acquire.
     NoFullFence,
+    /// (q) a lock holder that published quietly (`ThreadPool::run_inline`) lets
+    /// the lock go without the release check, so nobody is woken for work no
+    /// scan took: the "the holder will see it" shortcut without its guarantee.
+    QuietReleaseSkipsWake,
 }

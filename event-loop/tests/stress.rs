@@ -1,5 +1,7 @@
 //! Stress tests of the original hang scenario, with positive controls: each fault
-//! knob re-creates a known failure and the same stress test must detect it.
+//! knob re-creates a known failure and the same stress test must detect it. The
+//! nested poller also runs some jobs inline (the block layer's synchronous path),
+//! sometimes letting the lock go right after, which failure (q) breaks.
 
 mod support;
 
@@ -15,6 +17,7 @@ fn config(fault: Option<Fault>, duration: Duration) -> StressConfig {
         quiet_limit: Duration::from_millis(1500),
         schedulers: 2,
         jobs_per_poll: 3,
+        inline_jobs: true,
     }
 }
 
@@ -32,8 +35,29 @@ fn original_scenario_never_hangs() {
     }
 }
 
+/// The configuration that catches failure (q), on the real protocol.
+#[test]
+fn inline_jobs_without_other_traffic_never_hang() {
+    let cfg = StressConfig {
+        schedulers: 0,
+        ..config(None, Duration::from_secs(3))
+    };
+    match run_stress(&cfg) {
+        Outcome::Completed { iterations } => assert!(
+            iterations > 1000,
+            "too few iterations ({iterations}) to mean anything"
+        ),
+        Outcome::Hang { report, .. } => panic!("lost wake-up in the real protocol:\n{report}"),
+    }
+}
+
 fn expect_hang(fault: Fault, evidence: &str) {
-    match run_stress(&config(Some(fault), Duration::from_secs(20))) {
+    expect_hang_in(config(Some(fault), Duration::from_secs(20)), evidence);
+}
+
+fn expect_hang_in(cfg: StressConfig, evidence: &str) {
+    let fault = cfg.fault.expect("a positive control needs a fault");
+    match run_stress(&cfg) {
         Outcome::Hang { after, report } => {
             eprintln!("{fault:?}: hang detected after {after} waits\n{report}");
             assert!(
@@ -52,6 +76,18 @@ fn expect_hang(fault: Fault, evidence: &str) {
 fn positive_control_a_skip_notify_while_dispatching_hangs() {
     // Evidence: a notify skipped (arg -1) because someone was dispatching.
     expect_hang(Fault::SkipNotifyWhileDispatching, "NotifySkipped(-1)");
+}
+
+#[test]
+fn positive_control_q_release_without_waking_for_quiet_work_hangs() {
+    // Without scheduler threads: their BHs wake the iothread often enough to run
+    // the stranded completion by chance, which hides the bug.
+    let cfg = StressConfig {
+        schedulers: 0,
+        ..config(Some(Fault::QuietReleaseSkipsWake), Duration::from_secs(20))
+    };
+    // Evidence: a release that skipped its wake-up (arg -3).
+    expect_hang_in(cfg, "NotifySkipped(-3)");
 }
 
 #[test]

@@ -28,6 +28,11 @@ pub struct StressConfig {
     pub schedulers: usize,
     /// Pool jobs the nested poller submits per nested poll.
     pub jobs_per_poll: usize,
+    /// Every other round the nested poller runs one of its jobs itself
+    /// (`ThreadPool::run_inline`, the block layer's synchronous path), and every
+    /// sixth round it then lets the lock go without polling, leaving that quietly
+    /// published completion to the iothread.
+    pub inline_jobs: bool,
 }
 
 /// How a run ended.
@@ -102,6 +107,7 @@ pub fn run_stress(cfg: &StressConfig) -> Outcome {
             bh_probes.clone(),
         );
         let jobs = cfg.jobs_per_poll;
+        let inline_jobs = cfg.inline_jobs;
         threads.push(thread::spawn(move || {
             let (followup, followups) = counting_bh(&ctx, "followup");
             probes
@@ -115,20 +121,33 @@ pub fn run_stress(cfg: &StressConfig) -> Outcome {
                 st.set("taking the context lock");
                 let guard = ctx.acquire();
                 let left = Arc::new(AtomicU64::new(jobs as u64));
-                for _ in 0..jobs {
+                let inline = inline_jobs && i.is_multiple_of(2);
+                for j in 0..jobs {
                     let (left, followup) = (left.clone(), followup.clone());
-                    ctx.thread_pool().submit(
-                        || std::hint::black_box(7u64),
-                        move |_| {
-                            // The last completion asks for work the iothread must do.
-                            if left.fetch_sub(1, Ordering::SeqCst) == 1 {
-                                followup.schedule();
-                            }
-                        },
-                    );
+                    let done = move |_| {
+                        // The last completion asks for work the iothread must do.
+                        if left.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            followup.schedule();
+                        }
+                    };
+                    if inline && j == 0 {
+                        ctx.thread_pool()
+                            .run_inline(&guard, || std::hint::black_box(7u64), done);
+                    } else {
+                        ctx.thread_pool()
+                            .submit(|| std::hint::black_box(7u64), done);
+                    }
                 }
-                st.set("nested poll_while (holding the lock)");
-                ctx.poll_while(|| left.load(Ordering::SeqCst) > 0 && !stop.load(Ordering::SeqCst));
+                if inline && i.is_multiple_of(6) {
+                    // The quiet completion is left to the iothread: the release
+                    // must wake it.
+                    st.set("released the lock right after an inline job");
+                } else {
+                    st.set("nested poll_while (holding the lock)");
+                    ctx.poll_while(|| {
+                        left.load(Ordering::SeqCst) > 0 && !stop.load(Ordering::SeqCst)
+                    });
+                }
                 drop(guard);
                 st.set("lock released; waiting for the follow-up BH");
                 wait_for(&followups, i, &stop);
