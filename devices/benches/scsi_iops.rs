@@ -7,6 +7,13 @@
 //! /dev/shm. For each engine the bench prints requests/s, fio's IOPS and the ratio
 //! (target: at least 0.85).
 //!
+//! Requests/s swing a lot on a shared 2-core box; CPU time per request does not,
+//! so every run also prints it: for the device, the iothread's and the mock
+//! driver's CPU per request and the whole process's (which adds the io-wq
+//! workers doing the reads); for fio, its job thread's (usr+sys from its report)
+//! and the whole fio process's (getrusage of children, io-wq included, ramp and
+//! setup spread over the measured I/Os, so a slight overestimate).
+//!
 //! Run: `cargo bench -p devices --bench scsi_iops` (env `SCSI_BENCH_SECS`,
 //! default 3; `SCSI_BENCH_ROUNDS`, default 3, alternating device and fio and
 //! keeping the best of each; `SCSI_BENCH_ENGINES`, default `io_uring,threads`).
@@ -96,8 +103,60 @@ fn wait_irq(irq: &EventFd) {
     let _ = irq.read();
 }
 
-fn run_device(aio: AioMode, secs: u64) -> f64 {
+/// The thread ids of this process.
+fn task_ids() -> Vec<u32> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU time of thread `tid` of this process, in ns (schedstat: time on a CPU).
+fn thread_cpu_ns(tid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time of every child that was waited for (usr+sys), in ns.
+fn children_cpu_ns() -> u64 {
+    // SAFETY: all-zero is a valid rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid rusage to fill.
+    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time per request, in µs: iothread, driver, whole process.
+#[derive(Clone, Copy, Default)]
+struct DeviceCpu {
+    iothread: f64,
+    driver: f64,
+    process: f64,
+}
+
+/// CPU time per I/O, in µs: fio's job thread, whole fio process.
+#[derive(Clone, Copy, Default)]
+struct FioCpu {
+    job: f64,
+    total: f64,
+}
+
+fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
     let ctx = AioContext::new().expect("context");
+    let before: Vec<u32> = task_ids();
     let iothread = IoThread::spawn("bench-iothread", Arc::clone(&ctx)).expect("iothread");
     let options = BlockOptions {
         aio,
@@ -167,6 +226,17 @@ fn run_device(aio: AioMode, secs: u64) -> f64 {
     let mut kicks = 0u64;
     let warmup = Instant::now() + Duration::from_millis(300);
     let mut start = None;
+    // CPU times (iothread, driver, process) at the start of the measured window.
+    let cpu_now = |iothread_tid: Option<u32>| {
+        (
+            iothread_tid.and_then(thread_cpu_ns).unwrap_or(0),
+            clock_ns(libc::CLOCK_THREAD_CPUTIME_ID),
+            clock_ns(libc::CLOCK_PROCESS_CPUTIME_ID),
+        )
+    };
+    let mut cpu_start = (0, 0, 0);
+    // The iothread names itself once running: looked up when the window starts.
+    let mut iothread_tid = None;
     let end = Instant::now() + Duration::from_millis(300) + Duration::from_secs(secs);
     loop {
         let used = driver.take_used(QUEUE);
@@ -189,16 +259,36 @@ fn run_device(aio: AioMode, secs: u64) -> f64 {
         let now = Instant::now();
         if start.is_none() && now >= warmup {
             start = Some((now, done));
+            iothread_tid = task_ids().into_iter().find(|tid| {
+                !before.contains(tid)
+                    && std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                        .is_ok_and(|c| c.trim() == "bench-iothread")
+            });
+            cpu_start = cpu_now(iothread_tid);
         }
         done += used.len() as u64;
         if now >= end {
             break;
         }
     }
+    let cpu_end = cpu_now(iothread_tid);
+    if iothread_tid.is_none() {
+        eprintln!("  (iothread not found in /proc/self/task: its CPU reads as 0)");
+    }
     let (t0, d0) = start.expect("warm-up finished");
     let rate = (done - d0) as f64 / t0.elapsed().as_secs_f64();
+    let per_req = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / 1000.0 / (done - d0) as f64;
+    let cpu = DeviceCpu {
+        iothread: per_req(cpu_start.0, cpu_end.0),
+        driver: per_req(cpu_start.1, cpu_end.1),
+        process: per_req(cpu_start.2, cpu_end.2),
+    };
     eprintln!(
-        "  (device run: {rate:.0} req/s; driver: {:.1} completions per round, {:.2} interrupt waits and {:.2} kicks per round)",
+        "  (device run: {rate:.0} req/s; CPU/req: iothread {:.2} us, driver {:.2} us, process {:.2} us (rest, mostly io-wq: {:.2} us); driver: {:.1} completions per round, {:.2} interrupt waits and {:.2} kicks per round)",
+        cpu.iothread,
+        cpu.driver,
+        cpu.process,
+        cpu.process - cpu.iothread - cpu.driver,
         done as f64 / rounds as f64,
         waits as f64 / rounds as f64,
         kicks as f64 / rounds as f64
@@ -208,10 +298,11 @@ fn run_device(aio: AioMode, secs: u64) -> f64 {
     driver.wait_used(QUEUE, QUEUE_DEPTH, Duration::from_secs(5));
     drop(driver);
     iothread.stop();
-    rate
+    (rate, cpu)
 }
 
-fn run_fio(engine: &str, secs: u64) -> Option<f64> {
+fn run_fio(engine: &str, secs: u64) -> Option<(f64, FioCpu)> {
+    let children_before = children_cpu_ns();
     let output = Command::new("/usr/bin/fio")
         .args([
             "--name=scsi-bench",
@@ -234,14 +325,29 @@ fn run_fio(engine: &str, secs: u64) -> Option<f64> {
         eprintln!("fio failed: {}", String::from_utf8_lossy(&output.stderr));
         return None;
     }
-    // Terse v3: field 8 (1-based) is read IOPS.
+    let children = children_cpu_ns() - children_before;
+    // Terse v3 (1-based): field 8 is read IOPS, 9 the read runtime in ms, 88 and
+    // 89 the job's usr and sys CPU in percent of its runtime.
     let text = String::from_utf8_lossy(&output.stdout);
-    text.lines()
+    let fields: Vec<&str> = text
+        .lines()
         .find(|l| l.starts_with("3;"))?
         .split(';')
-        .nth(7)?
-        .parse()
-        .ok()
+        .collect();
+    let field = |n: usize| -> Option<f64> { fields.get(n - 1)?.trim_end_matches('%').parse().ok() };
+    let iops = field(8)?;
+    let runtime_s = field(9)? / 1000.0;
+    let ios = iops * runtime_s;
+    let job_cpu_s = (field(88)? + field(89)?) / 100.0 * runtime_s;
+    let cpu = FioCpu {
+        job: job_cpu_s * 1e6 / ios,
+        total: children as f64 / 1000.0 / ios,
+    };
+    eprintln!(
+        "  (fio run: {iops:.0} IOPS; CPU/io: job thread {:.2} us, whole fio {:.2} us (with io-wq, ramp and setup))",
+        cpu.job, cpu.total
+    );
+    Some((iops, cpu))
 }
 
 fn main() {
@@ -270,11 +376,36 @@ fn main() {
         // shared, and a transient burst of other work should not pick the winner.
         let mut devices = Vec::new();
         let mut fios = Vec::new();
+        let mut device_cpus = Vec::new();
+        let mut fio_cpus = Vec::new();
         for _ in 0..rounds {
-            devices.push(run_device(aio, secs));
-            if let Some(fio) = run_fio(fio_engine, secs) {
+            let (rate, cpu) = run_device(aio, secs);
+            devices.push(rate);
+            device_cpus.push(cpu);
+            if let Some((fio, cpu)) = run_fio(fio_engine, secs) {
                 fios.push(fio);
+                fio_cpus.push(cpu);
             }
+        }
+        // Medians: CPU per request is steady, a median ignores the odd disturbed run.
+        let median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        let dev_median = |f: fn(&DeviceCpu) -> f64| median(device_cpus.iter().map(f).collect());
+        println!(
+            "aio={engine:<8} CPU/req (median of {rounds}): iothread {:.2} us, driver {:.2} us, device process {:.2} us",
+            dev_median(|c| c.iothread),
+            dev_median(|c| c.driver),
+            dev_median(|c| c.process)
+        );
+        if !fio_cpus.is_empty() {
+            println!(
+                "aio={engine:<8} CPU/io  (median of {}): fio job thread {:.2} us, whole fio {:.2} us",
+                fio_cpus.len(),
+                median(fio_cpus.iter().map(|c| c.job).collect()),
+                median(fio_cpus.iter().map(|c| c.total).collect())
+            );
         }
         let best = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
         let device = best(&devices);
