@@ -35,8 +35,8 @@ use super::commands::{self, IoPlan, Outcome};
 use super::constants::*;
 use super::disk::{DiskGeometry, LunState, ScsiDiskConfig};
 use super::request::{
-    self, encode_cmd_response, parse_cmd_request, parse_control_request, parse_lun, ChainBuffers,
-    ControlRequest, GuestRange, RequestError, CMD_REQUEST_HEADER_SIZE, CMD_RESPONSE_HEADER_SIZE,
+    self, parse_cmd_request, parse_control_request, parse_lun, ChainBuffers, ControlRequest,
+    GuestRange, RequestError, CMD_REQUEST_HEADER_SIZE, CMD_RESPONSE_HEADER_SIZE,
 };
 use super::sense::Sense;
 use crate::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING};
@@ -149,10 +149,16 @@ struct PendingIo {
     epoch: u64,
 }
 
+/// The disk requests of one command: nearly always one (no list to allocate).
+enum Requests {
+    One(BackendRequest),
+    Many(Vec<BackendRequest>),
+}
+
 /// Disk requests to start once the controller lock is dropped.
 struct Submission {
     backend: Arc<dyn ScsiBackend>,
-    requests: Vec<BackendRequest>,
+    requests: Requests,
     pending: PendingIo,
     /// Host memory some requests point into (WRITE SAME pattern).
     bounce: Option<Vec<u8>>,
@@ -642,20 +648,33 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
         pending,
         bounce,
     } = submission;
-    let parts = requests.len();
-    if parts == 1 && bounce.is_none() {
-        // The common case (READ/WRITE/flush): one request, no join needed.
-        let shared_done = Arc::clone(shared);
-        let done = Box::new(move |result: Result<usize, BackendError>| {
-            shared_done.lock().complete_io(pending, result);
-        });
-        if let Some(request) = requests.into_iter().next() {
+    let requests = match requests {
+        Requests::One(request) if bounce.is_none() => {
+            // The common case (READ/WRITE/flush): one request, no join needed.
+            let shared_done = Arc::clone(shared);
+            let done = Box::new(move |result: Result<usize, BackendError>| {
+                shared_done.lock().complete_io(pending, result);
+            });
             // SAFETY: as below — the buffers point into guest memory that stays
             // mapped and owned by the device until `complete_io` returns the chain.
             unsafe { backend.submit(request, done) };
+            return;
         }
-        return;
-    }
+        Requests::Many(mut many) if many.len() == 1 && bounce.is_none() => {
+            let shared_done = Arc::clone(shared);
+            let done = Box::new(move |result: Result<usize, BackendError>| {
+                shared_done.lock().complete_io(pending, result);
+            });
+            if let Some(request) = many.pop() {
+                // SAFETY: as below.
+                unsafe { backend.submit(request, done) };
+            }
+            return;
+        }
+        Requests::One(request) => vec![request],
+        Requests::Many(many) => many,
+    };
+    let parts = requests.len();
     let join = Arc::new(Mutex::new(Join {
         left: parts,
         result: Ok(0),
@@ -877,14 +896,16 @@ impl ScsiState {
             data_written,
         } = reply;
         let sense_bytes = sense.map(|s| s.to_fixed());
-        let bytes = encode_cmd_response(
+        let mut buf = [0u8; request::MAX_CMD_RESPONSE_SIZE];
+        let bytes = request::encode_cmd_response_into(
+            &mut buf,
             response,
             status,
             u32::try_from(resid).unwrap_or(u32::MAX),
             sense_bytes.as_ref().map_or(&[][..], |s| &s[..]),
             self.sense_size,
         );
-        let used = match request::write_to(&self.mem, writable, &bytes) {
+        let used = match request::write_to(&self.mem, writable, bytes) {
             Ok(n) => n as u64 + data_written,
             Err(e) => {
                 warn_limited!(GUEST_ERRORS, "virtio-scsi: cannot write a response: {e}");
@@ -915,7 +936,8 @@ impl ScsiState {
             self.add_used(queue, head, 0);
             return None;
         }
-        let data_in = request::skip_bytes(&buffers.writable, response_size as u64);
+        // The data-in buffers follow the response header (listed only when
+        // needed: READ maps them without building the list).
         let data_in_len = writable_len - response_size as u64;
         let writable = buffers.writable;
         let fail = |this: &mut ScsiState, response: u8| {
@@ -947,8 +969,9 @@ impl ScsiState {
                 return None;
             }
         };
-        let data_out = request::skip_bytes(&buffers.readable, request_size as u64);
-        let data_out_len = request::total_len(&data_out);
+        // The data-out buffers follow the header (listed only when needed).
+        let data_out_len =
+            request::total_len(&buffers.readable).saturating_sub(request_size as u64);
         if data_out_len > 0 && data_in_len > 0 {
             // Bidirectional commands need VIRTIO_SCSI_F_INOUT, which is not offered.
             fail(self, VIRTIO_SCSI_S_FAILURE);
@@ -976,7 +999,7 @@ impl ScsiState {
                 queue,
                 head,
                 &writable,
-                &data_in,
+                &request::skip_bytes(&writable, response_size as u64),
                 data_in_len.max(data_out_len),
                 outcome,
             );
@@ -988,6 +1011,7 @@ impl ScsiState {
         let mut parameters = Vec::new();
         if !is_write && data_out_len > 0 {
             parameters = vec![0u8; data_out_len.min(MAX_PARAMETER_DATA as u64) as usize];
+            let data_out = request::skip_bytes(&buffers.readable, request_size as u64);
             if request::read_from(&self.mem, &data_out, &mut parameters).is_err() {
                 fail(self, VIRTIO_SCSI_S_FAILURE);
                 return None;
@@ -1009,7 +1033,7 @@ impl ScsiState {
                     queue,
                     head,
                     &writable,
-                    &data_in,
+                    &request::skip_bytes(&writable, response_size as u64),
                     data_in_len.max(data_out_len),
                     other,
                 );
@@ -1022,9 +1046,9 @@ impl ScsiState {
                     fail(self, VIRTIO_SCSI_S_OVERRUN);
                     return None;
                 }
-                match request::host_bufs(&self.mem, &data_in, len) {
+                match request::host_bufs_after(&self.mem, &writable, response_size as u64, len) {
                     Ok(bufs) => (
-                        vec![BackendRequest::Read { offset, bufs }],
+                        Requests::One(BackendRequest::Read { offset, bufs }),
                         len,
                         true,
                         None,
@@ -1042,9 +1066,14 @@ impl ScsiState {
                     fail(self, VIRTIO_SCSI_S_OVERRUN);
                     return None;
                 }
-                match request::host_bufs(&self.mem, &data_out, len) {
+                match request::host_bufs_after(
+                    &self.mem,
+                    &buffers.readable,
+                    request_size as u64,
+                    len,
+                ) {
                     Ok(bufs) => (
-                        vec![BackendRequest::Write { offset, bufs, fua }],
+                        Requests::One(BackendRequest::Write { offset, bufs, fua }),
                         len,
                         false,
                         None,
@@ -1058,24 +1087,26 @@ impl ScsiState {
                 }
             }
             IoPlan::Flush => (
-                vec![BackendRequest::Flush],
+                Requests::One(BackendRequest::Flush),
                 0,
                 false,
                 None,
                 Sense::WRITE_ERROR,
             ),
             IoPlan::Discard(ranges) => (
-                ranges
-                    .into_iter()
-                    .map(|(offset, len)| BackendRequest::Discard { offset, len })
-                    .collect(),
+                Requests::Many(
+                    ranges
+                        .into_iter()
+                        .map(|(offset, len)| BackendRequest::Discard { offset, len })
+                        .collect(),
+                ),
                 0,
                 false,
                 None,
                 Sense::MEDIUM_ERROR,
             ),
             IoPlan::WriteZeroes { offset, len, unmap } => (
-                vec![BackendRequest::WriteZeroes { offset, len, unmap }],
+                Requests::One(BackendRequest::WriteZeroes { offset, len, unmap }),
                 0,
                 false,
                 None,
@@ -1093,11 +1124,11 @@ impl ScsiState {
                     len: bounce.len(),
                 }];
                 (
-                    vec![BackendRequest::Write {
+                    Requests::One(BackendRequest::Write {
                         offset,
                         bufs,
                         fua: false,
-                    }],
+                    }),
                     0,
                     false,
                     Some(bounce),
@@ -1109,8 +1140,8 @@ impl ScsiState {
         self.next_seq += 1;
         let slow = bounce.is_some()
             || !matches!(
-                requests.as_slice(),
-                [BackendRequest::Read { .. }] | [BackendRequest::Write { .. }]
+                requests,
+                Requests::One(BackendRequest::Read { .. } | BackendRequest::Write { .. })
             );
         if let Some(count) = self.queue_in_flight.get_mut(queue) {
             *count += 1;

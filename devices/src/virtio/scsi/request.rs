@@ -14,6 +14,7 @@ use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use super::backend::HostBuf;
+use super::constants::VIRTIO_SCSI_SENSE_MAX_SIZE;
 
 /// Why a request could not be parsed. Each maps to a guest-visible response.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -82,7 +83,8 @@ impl ChainBuffers {
 
 /// The ranges of `ranges` after skipping the first `skip` bytes.
 pub fn skip_bytes(ranges: &[GuestRange], mut skip: u64) -> Vec<GuestRange> {
-    let mut out = Vec::with_capacity(ranges.len());
+    // Empty (no allocation) when `skip` covers everything: a READ's data-out.
+    let mut out = Vec::new();
     for range in ranges {
         let len = u64::from(range.len);
         if skip >= len {
@@ -151,12 +153,34 @@ pub fn host_bufs(
     ranges: &[GuestRange],
     len: u64,
 ) -> Result<Vec<HostBuf>, RequestError> {
-    let mut bufs = Vec::with_capacity(ranges.len());
+    host_bufs_after(mem, ranges, 0, len)
+}
+
+/// [`host_bufs`] of the ranges after their first `skip` bytes (what
+/// [`skip_bytes`] would leave), without building that list.
+pub fn host_bufs_after(
+    mem: &GuestMemoryMmap,
+    ranges: &[GuestRange],
+    mut skip: u64,
+    len: u64,
+) -> Result<Vec<HostBuf>, RequestError> {
+    let mut bufs = Vec::with_capacity(ranges.len().min(4));
     let mut left = len;
     for range in ranges {
         if left == 0 {
             break;
         }
+        let range_len = u64::from(range.len);
+        if skip >= range_len {
+            skip -= range_len;
+            continue;
+        }
+        // Cannot wrap in a way that matters: a bad address fails on access.
+        let range = GuestRange {
+            addr: GuestAddress(range.addr.raw_value().wrapping_add(skip)),
+            len: (range_len - skip) as u32,
+        };
+        skip = 0;
         let n = u64::from(range.len).min(left);
         // Fast path: the range lies in one region (always, with one RAM region).
         if let Ok(slice) = GuestMemoryBackend::get_slice(mem, range.addr, n as usize) {
@@ -241,6 +265,26 @@ pub fn encode_cmd_response(
     sense: &[u8],
     sense_size: usize,
 ) -> Vec<u8> {
+    let mut bytes = [0u8; MAX_CMD_RESPONSE_SIZE];
+    encode_cmd_response_into(&mut bytes, response, status, resid, sense, sense_size).to_vec()
+}
+
+/// Largest command response: the header and the largest sense buffer.
+pub const MAX_CMD_RESPONSE_SIZE: usize =
+    CMD_RESPONSE_HEADER_SIZE + VIRTIO_SCSI_SENSE_MAX_SIZE as usize;
+
+/// [`encode_cmd_response`] into `out` (no allocation); returns the response,
+/// `CMD_RESPONSE_HEADER_SIZE + sense_size` bytes (`sense_size` is capped at
+/// `VIRTIO_SCSI_SENSE_MAX_SIZE`).
+pub fn encode_cmd_response_into<'a>(
+    out: &'a mut [u8; MAX_CMD_RESPONSE_SIZE],
+    response: u8,
+    status: u8,
+    resid: u32,
+    sense: &[u8],
+    sense_size: usize,
+) -> &'a [u8] {
+    let sense_size = sense_size.min(VIRTIO_SCSI_SENSE_MAX_SIZE as usize);
     let sense_len = sense.len().min(sense_size);
     let header = CmdResponseHeader {
         sense_len: U32::new(sense_len as u32),
@@ -249,11 +293,12 @@ pub fn encode_cmd_response(
         status,
         response,
     };
-    let mut bytes = Vec::with_capacity(CMD_RESPONSE_HEADER_SIZE + sense_size);
-    bytes.extend_from_slice(header.as_bytes());
-    bytes.extend_from_slice(&sense[..sense_len]);
-    bytes.resize(CMD_RESPONSE_HEADER_SIZE + sense_size, 0);
-    bytes
+    let end = CMD_RESPONSE_HEADER_SIZE + sense_size;
+    out[..CMD_RESPONSE_HEADER_SIZE].copy_from_slice(header.as_bytes());
+    out[CMD_RESPONSE_HEADER_SIZE..CMD_RESPONSE_HEADER_SIZE + sense_len]
+        .copy_from_slice(&sense[..sense_len]);
+    out[CMD_RESPONSE_HEADER_SIZE + sense_len..end].fill(0);
+    &out[..end]
 }
 
 /// A LUN address as virtio-scsi encodes it: byte 0 is 1, byte 1 the target,
