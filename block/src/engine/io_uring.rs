@@ -98,7 +98,16 @@ impl UringEngine {
             engine: "io_uring",
             source,
         };
-        let ring = IoUring::new(ENTRIES).map_err(setup)?;
+        // COOP_TASKRUN: a completion the kernel finishes for us (an io-wq worker's
+        // read, the usual case on files without non-blocking reads) is not pushed
+        // onto a running thread with an inter-processor interrupt; the thread
+        // picks it up at its next system call, and a sleeping one is still woken
+        // at once. Kernels before 5.19 refuse the flag: plain ring then.
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .build(ENTRIES)
+            .or_else(|_| IoUring::new(ENTRIES))
+            .map_err(setup)?;
         let eventfd = EventFd::new(EFD_NONBLOCK).map_err(setup)?;
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
