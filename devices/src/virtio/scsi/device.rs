@@ -35,8 +35,8 @@ use super::commands::{self, IoPlan, Outcome};
 use super::constants::*;
 use super::disk::{DiskGeometry, LunState, ScsiDiskConfig};
 use super::request::{
-    self, parse_cmd_request, parse_control_request, parse_lun, ChainBuffers, ControlRequest,
-    GuestRange, RequestError, CMD_REQUEST_HEADER_SIZE, CMD_RESPONSE_HEADER_SIZE,
+    self, parse_control_request, parse_lun, ChainBuffers, ControlRequest, GuestRange, RequestError,
+    CMD_REQUEST_HEADER_SIZE, CMD_RESPONSE_HEADER_SIZE,
 };
 use super::sense::Sense;
 use crate::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING};
@@ -48,6 +48,10 @@ pub const FIRST_REQUEST_QUEUE: usize = 2;
 /// Largest data-out copied for a non-READ/WRITE command (UNMAP parameter lists,
 /// WRITE SAME's block): the 16-bit parameter list length bounds it.
 const MAX_PARAMETER_DATA: usize = 64 * 1024;
+/// Range lists kept for reuse (two per command being parsed or at the disk),
+/// and the largest capacity worth keeping.
+const MAX_SPARE_RANGE_LISTS: usize = 512;
+const MAX_SPARE_RANGE_CAPACITY: usize = 16;
 /// Events kept while the driver has no event buffer posted; older ones are
 /// dropped and reported with VIRTIO_SCSI_T_EVENTS_MISSED.
 const MAX_PENDING_EVENTS: usize = 16;
@@ -206,6 +210,9 @@ struct ScsiState {
     epoch: u64,
     next_seq: u64,
     in_flight: BTreeMap<u64, InFlight>,
+    /// Emptied range lists of finished commands, for the next chains' buffers
+    /// (saves two allocations per command).
+    spare_ranges: Vec<Vec<GuestRange>>,
     pending_tmfs: Vec<PendingTmf>,
     pending_events: VecDeque<[u8; VIRTIO_SCSI_EVENT_SIZE as usize]>,
     events_dropped: bool,
@@ -326,6 +333,7 @@ impl VirtioScsi {
             epoch: 0,
             next_seq: 0,
             in_flight: BTreeMap::new(),
+            spare_ranges: Vec::new(),
             pending_tmfs: Vec::new(),
             pending_events: VecDeque::new(),
             events_dropped: false,
@@ -859,6 +867,17 @@ impl ScsiState {
         submissions
     }
 
+    /// Keeps `ranges`' allocation for a later chain.
+    fn recycle_ranges(&mut self, mut ranges: Vec<GuestRange>) {
+        if self.spare_ranges.len() < MAX_SPARE_RANGE_LISTS
+            && ranges.capacity() > 0
+            && ranges.capacity() <= MAX_SPARE_RANGE_CAPACITY
+        {
+            ranges.clear();
+            self.spare_ranges.push(ranges);
+        }
+    }
+
     /// Pops the chains available on queue `index` now, with kicks suppressed
     /// meanwhile (used flags without EVENT_IDX; with it, by not moving avail_event).
     fn pop_available(
@@ -874,11 +893,16 @@ impl ScsiState {
             self.mark_broken("cannot write the used ring flags");
             return chains;
         }
+        let spare = &mut self.spare_ranges;
         match queue.iter(mem) {
             Ok(iter) => {
                 for chain in iter {
                     let head = chain.head_index();
-                    chains.push((head, ChainBuffers::from_chain(chain)));
+                    let buffers = ChainBuffers {
+                        readable: spare.pop().unwrap_or_default(),
+                        writable: spare.pop().unwrap_or_default(),
+                    };
+                    chains.push((head, ChainBuffers::from_chain_into(chain, buffers)));
                 }
             }
             Err(e) => self.mark_broken(&format!("available ring of queue {index} is broken: {e}")),
@@ -960,7 +984,7 @@ impl ScsiState {
         let mut header_buf = [0u8; CMD_REQUEST_HEADER_SIZE + VIRTIO_SCSI_CDB_MAX_SIZE as usize];
         let header = &mut header_buf[..request_size];
         let parsed = request::read_from(&self.mem, &buffers.readable, header)
-            .and_then(|()| parse_cmd_request(header, self.cdb_size));
+            .and_then(|()| request::parse_cmd_request_ref(header, self.cdb_size));
         let cmd = match parsed {
             Ok(cmd) => cmd,
             Err(e) => {
@@ -994,7 +1018,7 @@ impl ScsiState {
             Vec::new()
         };
         let Some(lun_index) = self.find_lun(target, lun) else {
-            let outcome = commands::execute_without_lun(&cmd.cdb, &luns);
+            let outcome = commands::execute_without_lun(cmd.cdb, &luns);
             self.finish_inline(
                 queue,
                 head,
@@ -1021,7 +1045,7 @@ impl ScsiState {
         let outcome = commands::execute(
             &lun_entry.geometry,
             &mut lun_entry.state,
-            &cmd.cdb,
+            cmd.cdb,
             &parameters,
             &luns,
         );
@@ -1158,6 +1182,7 @@ impl ScsiState {
                 tag: cmd.id,
             },
         );
+        self.recycle_ranges(buffers.readable);
         Some(Submission {
             backend: Arc::clone(&self.luns[lun_index].backend),
             requests,
@@ -1308,6 +1333,7 @@ impl ScsiState {
                 _ => self.notify_if_needed(pending.queue),
             }
         }
+        self.recycle_ranges(pending.writable);
         self.answer_ready_tmfs();
     }
 

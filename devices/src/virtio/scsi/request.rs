@@ -63,7 +63,21 @@ impl ChainBuffers {
         M: Deref,
         M::Target: GuestMemory,
     {
-        let mut buffers = ChainBuffers::default();
+        ChainBuffers::from_chain_into(chain, ChainBuffers::default())
+    }
+
+    /// [`ChainBuffers::from_chain`] into the (cleared) vectors of `buffers`,
+    /// reusing their allocations.
+    pub fn from_chain_into<M>(
+        chain: DescriptorChain<M>,
+        mut buffers: ChainBuffers,
+    ) -> Result<ChainBuffers, RequestError>
+    where
+        M: Deref,
+        M::Target: GuestMemory,
+    {
+        buffers.readable.clear();
+        buffers.writable.clear();
         for desc in chain {
             let range = GuestRange {
                 addr: desc.addr(),
@@ -243,6 +257,27 @@ pub struct CmdRequest {
 
 /// Parses the command request header from `bytes` (at least 19 + `cdb_size`).
 pub fn parse_cmd_request(bytes: &[u8], cdb_size: usize) -> Result<CmdRequest, RequestError> {
+    let cmd = parse_cmd_request_ref(bytes, cdb_size)?;
+    Ok(CmdRequest {
+        lun: cmd.lun,
+        id: cmd.id,
+        cdb: cmd.cdb.to_vec(),
+    })
+}
+
+/// [`CmdRequest`] borrowing its CDB from the parsed bytes (no allocation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CmdRequestRef<'a> {
+    pub lun: [u8; 8],
+    pub id: u64,
+    pub cdb: &'a [u8],
+}
+
+/// [`parse_cmd_request`] without copying the CDB.
+pub fn parse_cmd_request_ref(
+    bytes: &[u8],
+    cdb_size: usize,
+) -> Result<CmdRequestRef<'_>, RequestError> {
     let needed = CMD_REQUEST_HEADER_SIZE + cdb_size;
     let short = RequestError::ShortRequest {
         needed,
@@ -250,10 +285,10 @@ pub fn parse_cmd_request(bytes: &[u8], cdb_size: usize) -> Result<CmdRequest, Re
     };
     let (header, rest) = CmdRequestHeader::read_from_prefix(bytes).map_err(|_| short.clone())?;
     let cdb = rest.get(..cdb_size).ok_or(short)?;
-    Ok(CmdRequest {
+    Ok(CmdRequestRef {
         lun: header.lun,
         id: header.id.get(),
-        cdb: cdb.to_vec(),
+        cdb,
     })
 }
 
