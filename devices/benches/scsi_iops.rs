@@ -7,19 +7,25 @@
 //! /dev/shm. For each engine the bench prints requests/s, fio's IOPS and the ratio
 //! (target: at least 0.85).
 //!
-//! Requests/s swing a lot on a shared 2-core box; CPU time per request does not,
-//! so every run also prints it: for the device, the iothread's and the mock
-//! driver's CPU per request and the whole process's (which adds the io-wq
+//! Requests/s swing a lot on a shared 2-core box; CPU time per request swings
+//! less, so every run also prints it: for the device, the iothread's and the
+//! mock driver's CPU per request and the whole process's (which adds the io-wq
 //! workers doing the reads); for fio, its job thread's (usr+sys from its report)
 //! and the whole fio process's (getrusage of children, io-wq included, ramp and
-//! setup spread over the measured I/Os, so a slight overestimate).
+//! setup spread over the measured I/Os, so a slight overestimate). CPU per
+//! request still moves with the load (under contention batches shrink and cost
+//! more per request). With `SCSI_BENCH_ALLOCS=1` the device runs also count heap
+//! allocations per request (whole process): exact, unlike timings, but the
+//! shared counter slows the run, so leave it off when timing.
 //!
 //! Run: `cargo bench -p devices --bench scsi_iops` (env `SCSI_BENCH_SECS`,
 //! default 3; `SCSI_BENCH_ROUNDS`, default 3, alternating device and fio and
 //! keeping the best of each; `SCSI_BENCH_ENGINES`, default `io_uring,threads`).
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::os::fd::AsRawFd;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +38,47 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+/// The system allocator, counting allocations while `COUNT_ALLOCS` is set.
+struct CountingAlloc;
+
+static COUNT_ALLOCS: AtomicBool = AtomicBool::new(false);
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+fn count_alloc() {
+    if COUNT_ALLOCS.load(Ordering::Relaxed) {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_alloc();
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded with the caller's guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
 
 const IMAGE: &str = "/dev/shm/hangar-scsi-bench.img";
 const IMAGE_SIZE: u64 = 256 << 20;
@@ -235,11 +282,13 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
         )
     };
     let mut cpu_start = (0, 0, 0);
+    let mut allocs_start = 0;
     // The iothread names itself once running: looked up when the window starts.
     let mut iothread_tid = None;
     let end = Instant::now() + Duration::from_millis(300) + Duration::from_secs(secs);
+    let mut used = Vec::with_capacity(QUEUE_DEPTH);
     loop {
-        let used = driver.take_used(QUEUE);
+        driver.take_used_into(QUEUE, &mut used);
         if used.is_empty() {
             wait_irq(&driver_irq);
             waits += 1;
@@ -265,6 +314,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
                         .is_ok_and(|c| c.trim() == "bench-iothread")
             });
             cpu_start = cpu_now(iothread_tid);
+            allocs_start = ALLOCS.load(Ordering::Relaxed);
         }
         done += used.len() as u64;
         if now >= end {
@@ -272,6 +322,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
         }
     }
     let cpu_end = cpu_now(iothread_tid);
+    let allocs = ALLOCS.load(Ordering::Relaxed) - allocs_start;
     if iothread_tid.is_none() {
         eprintln!("  (iothread not found in /proc/self/task: its CPU reads as 0)");
     }
@@ -293,6 +344,12 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
         waits as f64 / rounds as f64,
         kicks as f64 / rounds as f64
     );
+    if COUNT_ALLOCS.load(Ordering::Relaxed) {
+        eprintln!(
+            "  (heap allocations per request, whole process: {:.2})",
+            allocs as f64 / (done - d0) as f64
+        );
+    }
     assert_eq!(errors, 0, "failed requests during the bench");
     // Let the in-flight requests finish before tearing down.
     driver.wait_used(QUEUE, QUEUE_DEPTH, Duration::from_secs(5));
@@ -360,6 +417,10 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let engines = std::env::var("SCSI_BENCH_ENGINES").unwrap_or_else(|_| "io_uring,threads".into());
+    COUNT_ALLOCS.store(
+        std::env::var("SCSI_BENCH_ALLOCS").is_ok_and(|v| v == "1"),
+        Ordering::Relaxed,
+    );
     make_image();
     println!("virtio-scsi 4 KiB random read, QD{QUEUE_DEPTH}, one request queue on an iothread, image {IMAGE}");
     for engine in engines.split(',') {

@@ -246,7 +246,13 @@ impl MockDriver {
         if q.free.len() < bufs.len() || bufs.is_empty() {
             return None;
         }
-        let ids: Vec<u16> = (0..bufs.len()).map(|_| q.free.pop().unwrap_or(0)).collect();
+        // The head's descriptor list keeps its allocation between uses (as a
+        // real driver's per-descriptor state does): no allocation per chain.
+        let head = q.free.pop().unwrap_or(0);
+        let mut ids = std::mem::take(&mut q.chains[usize::from(head)]);
+        ids.clear();
+        ids.push(head);
+        ids.extend((1..bufs.len()).map(|_| q.free.pop().unwrap_or(0)));
         for (i, buf) in bufs.iter().enumerate() {
             let mut flags = if buf.writable { DESC_F_WRITE } else { 0 };
             let next = if i + 1 < bufs.len() {
@@ -257,7 +263,6 @@ impl MockDriver {
             };
             self.write_descriptor(queue, ids[i], buf.addr.0, buf.len, flags, next);
         }
-        let head = ids[0];
         self.queue(queue).chains[usize::from(head)] = ids;
         self.publish(queue, head);
         Some(head)
@@ -278,8 +283,8 @@ impl MockDriver {
     /// (EVENT_IDX), as Linux's `virtqueue_kick_prepare` does. Returns whether it
     /// kicked.
     pub fn kick_if_needed(&mut self, queue: usize) -> bool {
-        let mem = self.mem.clone();
-        let q = self.queue(queue);
+        let mem = &self.mem;
+        let q = self.queues[queue].as_mut().expect("queue not set up");
         // Pairs with the device's fence between writing avail_event and
         // re-reading avail->idx (virtio-queue's enable_notification).
         std::sync::atomic::fence(Ordering::SeqCst);
@@ -307,13 +312,21 @@ impl MockDriver {
     /// New used entries of `queue` as `(head, len)`; frees their descriptors
     /// and updates `used_event` (EVENT_IDX) to ask for the next interrupt.
     pub fn take_used(&mut self, queue: usize) -> Vec<(u16, u32)> {
-        let mem = self.mem.clone();
-        let q = self.queue(queue);
+        let mut out = Vec::new();
+        self.take_used_into(queue, &mut out);
+        out
+    }
+
+    /// [`MockDriver::take_used`] into `out` (cleared first), so a caller
+    /// looping over completions allocates nothing.
+    pub fn take_used_into(&mut self, queue: usize, out: &mut Vec<(u16, u32)>) {
+        out.clear();
+        let mem = &self.mem;
+        let q = self.queues[queue].as_mut().expect("queue not set up");
         let used_idx: u16 = u16::from_le(
             mem.load(GuestAddress(q.used.0 + 2), Ordering::Acquire)
                 .expect("used idx"),
         );
-        let mut out = Vec::new();
         while q.last_used != used_idx {
             let slot = q.last_used % q.size;
             let entry = GuestAddress(q.used.0 + 4 + u64::from(slot) * 8);
@@ -321,8 +334,8 @@ impl MockDriver {
             let len: u32 = mem.read_obj(GuestAddress(entry.0 + 4)).expect("used len");
             let head = id as u16;
             if let Some(chain) = q.chains.get_mut(usize::from(head)) {
-                let ids = std::mem::take(chain);
-                q.free.extend(ids);
+                // Drained, not taken: the list keeps its allocation for reuse.
+                q.free.append(chain);
             }
             out.push((head, len));
             q.last_used = q.last_used.wrapping_add(1);
@@ -331,7 +344,6 @@ impl MockDriver {
         let used_event = GuestAddress(q.avail.0 + 4 + u64::from(q.size) * 2);
         mem.store(q.last_used.to_le(), used_event, Ordering::Release)
             .expect("used_event");
-        out
     }
 
     /// Waits until `count` used entries arrived on `queue` (or panics after
