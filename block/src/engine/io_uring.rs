@@ -40,8 +40,6 @@ const ENTRIES: u32 = 128;
 pub(crate) struct UringEngine {
     shared: Arc<Shared>,
     ctx: Arc<AioContext>,
-    /// Enters the kernel with the entries queued since the last submit (the unplug).
-    flush_bh: BottomHalf,
     fallback: ThreadsEngine,
 }
 
@@ -49,6 +47,8 @@ struct Shared {
     ring: Mutex<Ring>,
     eventfd: EventFd,
     file: Arc<RawFile>,
+    /// Enters the kernel with the entries queued since the last submit (the unplug).
+    flush_bh: BottomHalf,
 }
 
 struct Ring {
@@ -112,7 +112,17 @@ impl UringEngine {
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
             .map_err(setup)?;
-        let shared = Arc::new(Shared {
+        let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
+            // Weak: a deleted BH may linger in the context's queue until the next
+            // dispatch, and must not keep the file (and its image lock) alive.
+            flush_bh: {
+                let bh_shared = Weak::clone(weak);
+                ctx.new_bh("block-io_uring-submit", move || {
+                    if let Some(shared) = Weak::upgrade(&bh_shared) {
+                        shared.flush();
+                    }
+                })
+            },
             ring: Mutex::new(Ring {
                 ring,
                 slots: (0..ENTRIES).map(|_| None).collect(),
@@ -141,19 +151,10 @@ impl UringEngine {
             None,
         )
         .map_err(BlockError::EventLoop)?;
-        // Weak: a deleted BH may linger in the context's queue until the next
-        // dispatch, and must not keep the file (and its image lock) alive.
-        let bh_shared = Arc::downgrade(&shared);
-        let flush_bh = ctx.new_bh("block-io_uring-submit", move || {
-            if let Some(shared) = Weak::upgrade(&bh_shared) {
-                shared.flush();
-            }
-        });
         let fallback = ThreadsEngine::new(Arc::clone(&ctx), file);
         Ok(UringEngine {
             shared,
             ctx,
-            flush_bh,
             fallback,
         })
     }
@@ -194,7 +195,7 @@ impl Engine for UringEngine {
                 let any_failed = !ring.failed.is_empty();
                 drop(ring);
                 if schedule {
-                    self.flush_bh.schedule();
+                    self.shared.flush_bh.schedule();
                 }
                 if any_failed {
                     // Submission failed before the kernel saw a request; complete
@@ -386,10 +387,17 @@ impl Shared {
 
     /// Drains the completion queue, resubmits short transfers, refills from the
     /// backlog, then runs the finished requests' callbacks without the ring lock.
+    ///
+    /// If callbacks ran, the flush BH is scheduled at the end (caller holds the
+    /// context lock): it then runs after the bottom halves those callbacks
+    /// scheduled, in the same pass, so what a device submits from its
+    /// end-of-batch BH enters the kernel in this dispatch. Scheduled from that
+    /// BH instead, it would wait for the next pass, one more `epoll_wait` later.
     fn reap(&self) {
         let fd = self.file.fd();
         // Borrowed from the ring at the first lock, returned (empty) at the last.
         let mut finished: Vec<(Completion, Result<usize, BlockError>)> = Vec::new();
+        let mut ran_callbacks = false;
         loop {
             {
                 let mut guard = self.ring.lock().unwrap();
@@ -429,9 +437,18 @@ impl Shared {
                     if ring.finished.capacity() < finished.capacity() {
                         ring.finished = finished;
                     }
+                    let schedule = ran_callbacks && !ring.flush_scheduled;
+                    if schedule {
+                        ring.flush_scheduled = true;
+                    }
+                    drop(guard);
+                    if schedule {
+                        self.flush_bh.schedule();
+                    }
                     return;
                 }
             }
+            ran_callbacks = true;
             for (done, result) in finished.drain(..) {
                 done(result);
             }
@@ -539,7 +556,7 @@ mod tests {
         let good = read_all(&engine, &mut bufs);
         assert_eq!(enters(&engine), 0, "nothing entered before the flush BH");
         assert_eq!(engine.shared.ring.lock().unwrap().queued.len(), COUNT);
-        assert!(engine.flush_bh.is_scheduled());
+        assert!(engine.shared.flush_bh.is_scheduled());
         ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
         assert_eq!(enters(&engine), 1, "one io_uring_enter for the whole batch");
         for (i, buf) in bufs.iter().enumerate() {
@@ -554,7 +571,7 @@ mod tests {
         let good = read_all(&engine, &mut bufs);
         assert_eq!(enters(&engine), COUNT as u64);
         assert!(engine.shared.ring.lock().unwrap().queued.is_empty());
-        assert!(!engine.flush_bh.is_scheduled());
+        assert!(!engine.shared.flush_bh.is_scheduled());
         let _lock = ctx.acquire();
         ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
         assert!(bufs.iter().enumerate().all(|(i, b)| b[0] == i as u8));
@@ -571,14 +588,14 @@ mod tests {
         assert_eq!(enters(&engine), 0);
         assert!(engine.shared.ring.lock().unwrap().queued.is_empty());
         assert!(
-            !engine.flush_bh.is_scheduled(),
+            !engine.shared.flush_bh.is_scheduled(),
             "no wake-up for the iothread"
         );
         assert_eq!(ctx.thread_pool().workers(), 0, "no pool worker either");
         // Outside the scope, submissions on the context are batched again.
         let mut more = vec![vec![0xffu8; BS]; COUNT];
         let more_good = read_all(&engine, &mut more);
-        assert!(engine.flush_bh.is_scheduled());
+        assert!(engine.shared.flush_bh.is_scheduled());
         ctx.poll_while(|| {
             good.load(Ordering::Acquire) < COUNT || more_good.load(Ordering::Acquire) < COUNT
         });
