@@ -5,15 +5,20 @@
 //! would only move the same blocking call to an io-wq worker).
 //!
 //! Batching ("plugging"): a request submitted by a thread that holds the context
-//! lock (a device handler, a completion callback, a synchronous helper) only queues
-//! its submission entry; one `io_uring_enter` then hands every queued entry to the
+//! lock (a device handler, a completion callback) only queues its submission entry; one `io_uring_enter` then hands every queued entry to the
 //! kernel. That happens in a bottom half scheduled by the first queued request (it
 //! runs later in the same dispatch, after the handler that queued, also inside a
 //! nested poll), at the end of every reap, and when the submission queue is full.
 //! A thread without the context lock submits at once (nobody on the context would
-//! flush for it soon), and so does a synchronous helper (see
-//! [`super::submit_at_once`]): it waits for its request right away, and scheduling
-//! the BH would wake the iothread asleep on the same context for nothing.
+//! flush for it soon). A synchronous helper (see [`super::submit_at_once`]) does not
+//! use the ring at all: the fallback runs its request on its own thread.
+//!
+//! A ring whose `io_uring_enter` fails with a hard error (none is expected on a
+//! healthy ring) is never entered again: the entries of that batch stay in the
+//! submission queue, and the io-uring crate cannot take them back, so another enter
+//! would hand the kernel requests already failed to their callers, whose buffers may
+//! be gone. Those requests fail with the errno, later ones go to the fallback, and
+//! requests already in the kernel still complete.
 //!
 //! Locking: `Ring` is behind a mutex that is never held while a completion callback
 //! runs (callbacks submit new requests). At most `ENTRIES` requests are in the ring;
@@ -69,9 +74,14 @@ struct Ring {
     /// while their callbacks run; a nested reap meanwhile gets a fresh one).
     cqes: Vec<(usize, i32)>,
     finished: Vec<(Completion, Result<usize, BlockError>)>,
+    /// Set by a hard `io_uring_enter` failure (its errno): never enter again.
+    broken: Option<i32>,
     /// `io_uring_enter` calls made to submit (tests check the batching with it).
     #[cfg(test)]
     enters: u64,
+    /// Tests: the next enter fails with this errno instead of entering.
+    #[cfg(test)]
+    fail_next_enter: Option<i32>,
 }
 
 /// One read, write or flush in the kernel, with its progress (short transfers are
@@ -133,8 +143,11 @@ impl UringEngine {
                 flush_scheduled: false,
                 cqes: Vec::with_capacity(2 * ENTRIES as usize),
                 finished: Vec::new(),
+                broken: None,
                 #[cfg(test)]
                 enters: 0,
+                #[cfg(test)]
+                fail_next_enter: None,
             }),
             eventfd,
             file: Arc::clone(&file),
@@ -177,6 +190,10 @@ impl Engine for UringEngine {
                 // after it, with whatever else the dispatch queues.
                 let plug = self.ctx.is_held_by_current_thread() && !super::submitting_at_once();
                 let mut ring = self.shared.ring.lock().unwrap();
+                if ring.broken.is_some() {
+                    drop(ring);
+                    return self.fallback.submit(req, done);
+                }
                 if ring.free.is_empty() {
                     ring.backlog.push_back((req, done));
                     return;
@@ -261,6 +278,13 @@ impl Ring {
     /// the kernel with the next `flush` (at once if the submission queue is full).
     fn push(&mut self, fd: i32, slot: usize) -> Result<(), BlockError> {
         let r = self.slots[slot].as_ref().expect("slot in use");
+        if let Some(errno) = self.broken {
+            return Err(BlockError::from_errno(
+                r.op,
+                r.offset + r.done as u64,
+                errno,
+            ));
+        }
         let fd = types::Fd(fd);
         let entry = match r.op {
             Op::Read | Op::Write => {
@@ -333,15 +357,21 @@ impl Ring {
     /// `failed` is drained. Returns whether something failed.
     fn flush(&mut self) -> bool {
         self.flush_scheduled = false;
-        if self.queued.is_empty() {
+        if self.queued.is_empty() || self.broken.is_some() {
             return false;
         }
         loop {
             #[cfg(test)]
-            {
-                self.enters += 1;
-            }
-            match self.ring.submit() {
+            let submitted = match self.fail_next_enter.take() {
+                Some(errno) => Err(std::io::Error::from_raw_os_error(errno)),
+                None => {
+                    self.enters += 1;
+                    self.ring.submit()
+                }
+            };
+            #[cfg(not(test))]
+            let submitted = self.ring.submit();
+            match submitted {
                 Ok(taken) => {
                     let taken = taken.min(self.queued.len());
                     self.queued.drain(..taken);
@@ -360,6 +390,11 @@ impl Ring {
                 }
                 Err(e) => {
                     let errno = e.raw_os_error().unwrap_or(libc::EIO);
+                    log::error!(
+                        "block: io_uring_enter failed ({e}); this ring is not entered \
+                         again, new requests use the thread pool"
+                    );
+                    self.broken = Some(errno);
                     for slot in std::mem::take(&mut self.queued) {
                         let r = self.slots[slot].take().expect("queued slot in use");
                         self.free.push(slot);
@@ -600,5 +635,46 @@ mod tests {
             good.load(Ordering::Acquire) < COUNT || more_good.load(Ordering::Acquire) < COUNT
         });
         assert_eq!(enters(&engine), 1);
+    }
+
+    #[test]
+    fn a_hard_enter_failure_fails_its_batch_and_never_enters_again() {
+        let (img, ctx, engine) = engine();
+        let _lock = ctx.acquire();
+        engine.shared.ring.lock().unwrap().fail_next_enter = Some(libc::EINVAL);
+        // Two plugged writes of 0xee; their enter fails.
+        let zapped = vec![0xeeu8; 2 * BS];
+        let failed = Arc::new(AtomicUsize::new(0));
+        for i in 0..2 {
+            let f = Arc::clone(&failed);
+            // SAFETY: `zapped` outlives the requests (waited for below).
+            let iov = vec![unsafe { IoVec::new(zapped.as_ptr().add(i * BS).cast_mut(), BS) }];
+            let req = Request::Write {
+                offset: (i * BS) as u64,
+                iov,
+                fua: false,
+            };
+            engine.submit(
+                req,
+                Box::new(move |result| {
+                    if matches!(result, Err(BlockError::Io { .. })) {
+                        f.fetch_add(1, Ordering::AcqRel);
+                    }
+                }),
+            );
+        }
+        ctx.poll_while(|| failed.load(Ordering::Acquire) < 2);
+        assert_eq!(enters(&engine), 0);
+        // Later requests still work (through the pool), and the ring stays shut.
+        let mut bufs = vec![vec![0xffu8; BS]; COUNT];
+        let good = read_all(&engine, &mut bufs);
+        ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
+        assert_eq!(enters(&engine), 0, "a broken ring was entered again");
+        // The failed writes never reached the file.
+        let data = std::fs::read(img.path()).unwrap();
+        assert!(data[..2 * BS]
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == (i / BS) as u8));
     }
 }
