@@ -647,8 +647,10 @@ mod tests {
         let failed = Arc::new(AtomicUsize::new(0));
         for i in 0..2 {
             let f = Arc::clone(&failed);
-            // SAFETY: `zapped` outlives the requests (waited for below).
-            let iov = vec![unsafe { IoVec::new(zapped.as_ptr().add(i * BS).cast_mut(), BS) }];
+            let base = zapped[i * BS..].as_ptr().cast_mut();
+            // SAFETY: `zapped` outlives the requests (waited for below), and the
+            // write only reads through the pointer.
+            let iov = vec![unsafe { IoVec::new(base, BS) }];
             let req = Request::Write {
                 offset: (i * BS) as u64,
                 iov,
