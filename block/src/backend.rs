@@ -175,7 +175,7 @@ impl BlockBackend {
         iov: Vec<IoVec>,
         done: impl FnOnce(IoResult) + Send + 'static,
     ) {
-        self.submit(Request::Read { offset, iov }, Box::new(done));
+        self.submit(Request::Read { offset, iov }, self.counted(done));
     }
 
     /// Writes `iov` at `offset`; `done` runs on the context once the data is in the
@@ -188,17 +188,17 @@ impl BlockBackend {
         done: impl FnOnce(IoResult) + Send + 'static,
     ) {
         let fua = mode == WriteMode::Fua;
-        self.submit(Request::Write { offset, iov, fua }, Box::new(done));
+        self.submit(Request::Write { offset, iov, fua }, self.counted(done));
     }
 
     /// Flushes completed writes to stable storage (fdatasync).
     pub fn aio_flush(&self, done: impl FnOnce(IoResult) + Send + 'static) {
-        self.submit(Request::Flush, Box::new(done));
+        self.submit(Request::Flush, self.counted(done));
     }
 
     /// Discards `len` bytes at `offset` (a hole with discard=unmap; ignored otherwise).
     pub fn aio_discard(&self, offset: u64, len: u64, done: impl FnOnce(IoResult) + Send + 'static) {
-        self.submit(Request::Discard { offset, len }, Box::new(done));
+        self.submit(Request::Discard { offset, len }, self.counted(done));
     }
 
     /// Makes `len` bytes at `offset` read as zeroes.
@@ -210,7 +210,7 @@ impl BlockBackend {
         done: impl FnOnce(IoResult) + Send + 'static,
     ) {
         let unmap = mode == ZeroMode::MayUnmap && self.supports_discard();
-        self.submit(Request::WriteZeroes { offset, len, unmap }, Box::new(done));
+        self.submit(Request::WriteZeroes { offset, len, unmap }, self.counted(done));
     }
 
     /// Checks a request; `Err` means it must not reach the file.
@@ -253,13 +253,19 @@ impl BlockBackend {
         Ok(())
     }
 
-    pub(crate) fn submit(&self, req: Request, done: Completion) {
+    /// `done` as a completion that counts as in flight until it has run. One box
+    /// for both: every request pays for this allocation.
+    pub(crate) fn counted(&self, done: impl FnOnce(IoResult) + Send + 'static) -> Completion {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let in_flight = Arc::clone(&self.in_flight);
-        let done: Completion = Box::new(move |result| {
+        Box::new(move |result| {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             done(result);
-        });
+        })
+    }
+
+    /// Submits `req`; `done` must come from [`Self::counted`].
+    pub(crate) fn submit(&self, req: Request, done: Completion) {
         if let Err(err) = self.check(&req) {
             log::trace!("refused {:?}: {err}", req.op());
             return self.deferred.complete(done, Err(err));

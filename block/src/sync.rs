@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::{IoResult, WriteMode, ZeroMode};
-use crate::engine::{Completion, Request};
+use crate::engine::Request;
 use crate::{BlockBackend, BlockError, IoVec};
 
 /// Aborts the process if a synchronous wait unwinds while its request still runs:
@@ -43,7 +43,7 @@ impl BlockBackend {
             result: Mutex::new(None),
         });
         let writer = Arc::clone(&slot);
-        let done: Completion = Box::new(move |result| {
+        let done = self.counted(move |result| {
             *writer.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
             writer.done.store(true, Ordering::Release);
         });
