@@ -156,7 +156,11 @@ impl Shared {
     /// A lock holder lets the lock go: quiet work published and not yet scanned
     /// must not stay invisible to sleepers.
     fn release_check(&self) {
-        if self.unscanned_quiet.swap(false, Ordering::Relaxed) {
+        // Load first: the common release has nothing to do, and a plain load is
+        // cheaper than the swap.
+        if self.unscanned_quiet.load(Ordering::Relaxed)
+            && self.unscanned_quiet.swap(false, Ordering::Relaxed)
+        {
             if self.fault(FAULT_QUIET_RELEASE_SKIPS_WAKE) {
                 // Failure (q), on purpose.
                 self.trace.record(Ev::NotifySkipped, -3);

@@ -265,21 +265,23 @@ impl PoolInner {
     /// whenever a completion remained after a pop, the BH rescheduled itself before
     /// the callback, and a completion pushed later schedules the BH itself.
     fn run_completions(&self) {
-        let mut budget = lock(&self.completions).len();
+        let mut q = lock(&self.completions);
+        let mut budget = q.len();
         while budget > 0 {
             budget -= 1;
-            let (next, more) = {
-                let mut q = lock(&self.completions);
-                let next = q.pop_front();
-                (next, !q.is_empty())
-            };
-            let Some(done) = next else { break };
+            let Some(done) = q.pop_front() else { break };
+            let more = !q.is_empty();
+            drop(q);
             if more {
                 // Keep the BH pending while completions remain, so they are delivered
                 // even if this callback blocks in a nested poll (QEMU does the same).
                 self.completion_bh.schedule();
             }
             done();
+            if budget == 0 {
+                break;
+            }
+            q = lock(&self.completions);
         }
     }
 }
