@@ -5,9 +5,11 @@
 //! * Any thread, no lock: `new_bh`, `BottomHalf::{schedule, schedule_idle, cancel}`,
 //!   `set_fd_handler`, `remove_fd_handler`, `new_timer`, `Timer::*`, `notify`,
 //!   `thread_pool().submit`, `JobHandle::cancel`, `trace_dump`.
-//! * Context lock held: `poll`, `poll_while` (they dispatch handlers). The lock is
-//!   recursive; a nested poller holds it for the whole nested poll, also while it
-//!   blocks in the kernel.
+//! * Context lock held: `poll`, `poll_while` (they dispatch handlers), and
+//!   `ThreadPool::run_inline` (it takes the guard as proof; its completion is
+//!   published quietly, for the holder's own next scan). The lock is recursive; a
+//!   nested poller holds it for the whole nested poll, also while it blocks in the
+//!   kernel.
 //! * The iothread loop waits in the kernel *without* the lock and takes it only to
 //!   dispatch; so the iothread and one nested poller may both be asleep in
 //!   `epoll_wait` on this context at once.
