@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use block::{AioMode, BlockBackend, BlockOptions};
-use devices::virtio::scsi::{ScsiDiskConfig, VirtioScsi, VirtioScsiConfig};
+use devices::virtio::scsi::{ScsiDiskConfig, ScsiStats, VirtioScsi, VirtioScsiConfig};
 use devices::virtio::testing::{lun_bytes, Buf, MockDriver, REQUEST_SIZE, RESPONSE_SIZE};
 use devices::virtio::MmioTransport;
 use event_loop::{AioContext, IoThread};
@@ -192,6 +192,8 @@ struct DeviceCpu {
     iothread: f64,
     driver: f64,
     process: f64,
+    /// Mean requests of the queue at the disk seen by each new request.
+    depth: f64,
 }
 
 /// CPU time per I/O, in µs: fio's job thread, whole fio process.
@@ -229,6 +231,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
         irqfd,
     )
     .expect("device");
+    let stats = device.stats_reader();
     let driver_irq = irq.try_clone().expect("irq");
     let mut driver = MockDriver::new(mem, MmioTransport::new(Box::new(device)), irq);
     assert_eq!(driver.init(3, 256, true), 0xf);
@@ -283,6 +286,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
     };
     let mut cpu_start = (0, 0, 0);
     let mut allocs_start = 0;
+    let mut stats_start = ScsiStats::default();
     // The iothread names itself once running: looked up when the window starts.
     let mut iothread_tid = None;
     let end = Instant::now() + Duration::from_millis(300) + Duration::from_secs(secs);
@@ -315,6 +319,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
             });
             cpu_start = cpu_now(iothread_tid);
             allocs_start = ALLOCS.load(Ordering::Relaxed);
+            stats_start = stats.read().unwrap_or_default();
         }
         done += used.len() as u64;
         if now >= end {
@@ -322,6 +327,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
         }
     }
     let cpu_end = cpu_now(iothread_tid);
+    let stats_end = stats.read().unwrap_or_default();
     let allocs = ALLOCS.load(Ordering::Relaxed) - allocs_start;
     if iothread_tid.is_none() {
         eprintln!("  (iothread not found in /proc/self/task: its CPU reads as 0)");
@@ -333,9 +339,16 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
         iothread: per_req(cpu_start.0, cpu_end.0),
         driver: per_req(cpu_start.1, cpu_end.1),
         process: per_req(cpu_start.2, cpu_end.2),
+        depth: (stats_end.depth_area - stats_start.depth_area) as f64
+            / (stats_end.depth_ns - stats_start.depth_ns).max(1) as f64,
     };
+    let depth_at_submit = (stats_end.depth_sum - stats_start.depth_sum) as f64
+        / (stats_end.submitted - stats_start.submitted).max(1) as f64;
+    let chains_per_batch = (stats_end.chains - stats_start.chains) as f64
+        / (stats_end.batches - stats_start.batches).max(1) as f64;
     eprintln!(
-        "  (device run: {rate:.0} req/s; CPU/req: iothread {:.2} us, driver {:.2} us, process {:.2} us (rest, mostly io-wq: {:.2} us); driver: {:.1} completions per round, {:.2} interrupt waits and {:.2} kicks per round)",
+        "  (device run: {rate:.0} req/s; mean in-flight depth {:.1} (seen by a new request {depth_at_submit:.1}), {chains_per_batch:.1} requests per avail-ring pass; CPU/req: iothread {:.2} us, driver {:.2} us, process {:.2} us (rest, mostly io-wq: {:.2} us); driver: {:.1} completions per round, {:.2} interrupt waits and {:.2} kicks per round)",
+        cpu.depth,
         cpu.iothread,
         cpu.driver,
         cpu.process,
@@ -455,10 +468,11 @@ fn main() {
         };
         let dev_median = |f: fn(&DeviceCpu) -> f64| median(device_cpus.iter().map(f).collect());
         println!(
-            "aio={engine:<8} CPU/req (median of {rounds}): iothread {:.2} us, driver {:.2} us, device process {:.2} us",
+            "aio={engine:<8} CPU/req (median of {rounds}): iothread {:.2} us, driver {:.2} us, device process {:.2} us; mean in-flight depth {:.1}",
             dev_median(|c| c.iothread),
             dev_median(|c| c.driver),
-            dev_median(|c| c.process)
+            dev_median(|c| c.process),
+            dev_median(|c| c.depth)
         );
         if !fio_cpus.is_empty() {
             println!(

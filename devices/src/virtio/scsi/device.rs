@@ -232,6 +232,44 @@ struct ScsiState {
     /// (interrupt once, then look for new requests when polling).
     completion_bhs: Vec<Option<BottomHalf>>,
     interrupt: Arc<VirtioInterrupt>,
+    /// Counters for benchmarks and diagnostics (plain adds under the lock).
+    stats: ScsiStats,
+    /// When the in-flight count was last sampled, and its value then.
+    depth_sampled: Option<(std::time::Instant, u64)>,
+}
+
+/// Request-queue counters since the controller was created (see
+/// [`VirtioScsi::stats_reader`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScsiStats {
+    /// Commands handed to a disk backend.
+    pub submitted: u64,
+    /// Sum over those submissions of the requests of their queue at the disk
+    /// right after each one (divide by `submitted`: mean in-flight depth
+    /// seen by a new request).
+    pub depth_sum: u64,
+    /// Passes over an available ring that found at least one chain.
+    pub batches: u64,
+    /// Chains popped by those passes.
+    pub chains: u64,
+    /// Nanoseconds observed, and the integral over them of the commands at
+    /// the disk (divide: time-weighted mean in-flight depth). Sampled when a
+    /// batch of completions is finished and after each pass over a request
+    /// queue, the low and high points of the count.
+    pub depth_ns: u64,
+    pub depth_area: u64,
+}
+
+/// Reads a controller's [`ScsiStats`] (also after the controller moved into
+/// its transport).
+#[derive(Clone)]
+pub struct ScsiStatsReader(Weak<Shared>);
+
+impl ScsiStatsReader {
+    /// The counters now; `None` once the controller is gone.
+    pub fn read(&self) -> Option<ScsiStats> {
+        Some(self.0.upgrade()?.lock().stats)
+    }
 }
 
 /// What handlers and completion callbacks hold.
@@ -347,6 +385,8 @@ impl VirtioScsi {
             needs_notify: vec![false; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
             completion_bhs: Vec::new(),
             interrupt: Arc::clone(&interrupt),
+            stats: ScsiStats::default(),
+            depth_sampled: None,
         };
         Ok(VirtioScsi {
             config,
@@ -359,6 +399,11 @@ impl VirtioScsi {
             }),
             interrupt,
         })
+    }
+
+    /// A reader of this controller's request-queue counters.
+    pub fn stats_reader(&self) -> ScsiStatsReader {
+        ScsiStatsReader(Arc::downgrade(&self.shared))
     }
 
     /// The config space as bytes (virtio 1.2 5.6.4), little-endian.
@@ -633,6 +678,7 @@ fn handle_kick(shared: &Arc<Shared>, index: usize) {
 fn finish_completions(shared: &Arc<Shared>, index: usize) {
     let submissions = {
         let mut state = shared.lock();
+        state.sample_depth();
         if std::mem::take(&mut state.needs_notify[index]) {
             state.notify_if_needed(index);
         }
@@ -731,6 +777,17 @@ struct Join {
 }
 
 impl ScsiState {
+    /// Accounts the in-flight count since the last sample and samples it now.
+    fn sample_depth(&mut self) {
+        let now = std::time::Instant::now();
+        if let Some((then, depth)) = self.depth_sampled {
+            let ns = now.saturating_duration_since(then).as_nanos() as u64;
+            self.stats.depth_ns += ns;
+            self.stats.depth_area += ns * depth;
+        }
+        self.depth_sampled = Some((now, self.in_flight.len() as u64));
+    }
+
     fn mark_broken(&mut self, why: &str) {
         warn_limited!(GUEST_ERRORS, "virtio-scsi: {why}; device needs reset");
         self.broken = true;
@@ -827,6 +884,10 @@ impl ScsiState {
                 break;
             }
             let chains = self.pop_available(index, &mem);
+            if !chains.is_empty() {
+                self.stats.batches += 1;
+                self.stats.chains += chains.len() as u64;
+            }
             for (head, buffers) in chains {
                 match buffers {
                     Ok(buffers) => match self.serve_command(index, head, buffers) {
@@ -864,6 +925,7 @@ impl ScsiState {
         if used {
             self.notify_if_needed(index);
         }
+        self.sample_depth();
         submissions
     }
 
@@ -1169,6 +1231,8 @@ impl ScsiState {
             );
         if let Some(count) = self.queue_in_flight.get_mut(queue) {
             *count += 1;
+            self.stats.submitted += 1;
+            self.stats.depth_sum += *count as u64;
         }
         if slow {
             if let Some(count) = self.queue_slow_in_flight.get_mut(queue) {

@@ -15,5 +15,7 @@ pub mod mem_backend;
 pub mod request;
 pub mod sense;
 
-pub use device::{ScsiEventSender, ScsiSetupError, VirtioScsi, VirtioScsiConfig};
+pub use device::{
+    ScsiEventSender, ScsiSetupError, ScsiStats, ScsiStatsReader, VirtioScsi, VirtioScsiConfig,
+};
 pub use disk::ScsiDiskConfig;
