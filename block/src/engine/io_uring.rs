@@ -1,18 +1,8 @@
 //! `aio=io_uring`: reads, writes and flushes go through one io_uring ring per
-//! backend; the ring's own fd is a read handler on the context (an io_uring fd is
-//! readable while its completion queue is not empty), so completions run on the
-//! context like any other event, with no eventfd to signal and read per batch. A
-//! separate eventfd, not known to the ring, is the software kick for requests
-//! that fail before reaching the kernel. Discard and write-zeroes go to the thread
-//! pool (fallocate through io_uring would only move the same blocking call to an
-//! io-wq worker).
-//!
-//! With `COOP_TASKRUN` a completion finished by an io-wq worker is task work for
-//! the submitting thread. A sleeping iothread is woken by it: `epoll_wait`
-//! returns early (EINTR, no events), the task work runs on the way back to user
-//! space and posts the completion, and the next `epoll_wait` finds the ring fd
-//! readable. (A registered eventfd is signalled at that same moment, so this is
-//! the wake-up pattern an eventfd had too.)
+//! backend; completions arrive through an eventfd registered both with the ring and
+//! as a read handler on the context, so they run on the context like any other
+//! event. Discard and write-zeroes go to the thread pool (fallocate through io_uring
+//! would only move the same blocking call to an io-wq worker).
 //!
 //! Batching ("plugging"): a request submitted by a thread that holds the context
 //! lock (a device handler, a completion callback) only queues its submission entry; one `io_uring_enter` then hands every queued entry to the
@@ -60,9 +50,6 @@ pub(crate) struct UringEngine {
 
 struct Shared {
     ring: Mutex<Ring>,
-    /// The ring's fd (its read handler reaps).
-    ring_fd: i32,
-    /// Kick for requests failed before the kernel saw them (its handler reaps).
     eventfd: EventFd,
     file: Arc<RawFile>,
     /// Enters the kernel with the entries queued since the last submit (the unplug).
@@ -115,8 +102,7 @@ struct InFlight {
 unsafe impl Send for InFlight {}
 
 impl UringEngine {
-    /// Creates the ring and its kick eventfd and registers both as completion
-    /// handlers on `ctx`.
+    /// Creates the ring and its eventfd and registers the completion handler on `ctx`.
     pub(crate) fn new(ctx: Arc<AioContext>, file: Arc<RawFile>) -> Result<UringEngine, BlockError> {
         let setup = |source| BlockError::EngineSetup {
             engine: "io_uring",
@@ -133,7 +119,9 @@ impl UringEngine {
             .or_else(|_| IoUring::new(ENTRIES))
             .map_err(setup)?;
         let eventfd = EventFd::new(EFD_NONBLOCK).map_err(setup)?;
-        let ring_fd = ring.as_raw_fd();
+        ring.submitter()
+            .register_eventfd(eventfd.as_raw_fd())
+            .map_err(setup)?;
         let shared = Arc::new_cyclic(|weak: &Weak<Shared>| Shared {
             // Weak: a deleted BH may linger in the context's queue until the next
             // dispatch, and must not keep the file (and its image lock) alive.
@@ -161,35 +149,21 @@ impl UringEngine {
                 #[cfg(test)]
                 fail_next_enter: None,
             }),
-            ring_fd,
             eventfd,
             file: Arc::clone(&file),
         });
         let handler_shared = Arc::clone(&shared);
         ctx.set_fd_handler(
-            ring_fd,
-            // Level-triggered: a completion posted after the drain leaves the
-            // fd readable, so none is left behind.
-            Some(Box::new(move || handler_shared.reap())),
-            None,
-        )
-        .map_err(BlockError::EventLoop)?;
-        let handler_shared = Arc::clone(&shared);
-        let registered = ctx.set_fd_handler(
             shared.eventfd.as_raw_fd(),
             Some(Box::new(move || {
-                // Read the counter before draining: a failure queued after the
+                // Read the counter before draining: a completion posted after the
                 // drain signals the eventfd again, so none is left behind.
                 let _ = handler_shared.eventfd.read();
                 handler_shared.reap();
             })),
             None,
-        );
-        if let Err(e) = registered {
-            let _guard = ctx.acquire();
-            ctx.remove_fd_handler(ring_fd);
-            return Err(BlockError::EventLoop(e));
-        }
+        )
+        .map_err(BlockError::EventLoop)?;
         let fallback = ThreadsEngine::new(Arc::clone(&ctx), file);
         Ok(UringEngine {
             shared,
@@ -261,7 +235,6 @@ impl Drop for UringEngine {
     fn drop(&mut self) {
         let _guard = self.ctx.acquire();
         self.ctx.remove_fd_handler(self.shared.eventfd.as_raw_fd());
-        self.ctx.remove_fd_handler(self.shared.ring_fd);
     }
 }
 
