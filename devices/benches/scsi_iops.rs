@@ -14,9 +14,13 @@
 //! and the whole fio process's (getrusage of children, io-wq included, ramp and
 //! setup spread over the measured I/Os, so a slight overestimate). CPU per
 //! request still moves with the load (under contention batches shrink and cost
-//! more per request). With `SCSI_BENCH_ALLOCS=1` the device runs also count heap
-//! allocations per request (whole process): exact, unlike timings, but the
-//! shared counter slows the run, so leave it off when timing.
+//! more per request). Each device run also prints the mean number of requests
+//! at the disk (time-weighted, from the controller's `ScsiStats`; the driver
+//! keeps 32 outstanding, the rest sit in its used/avail rings or with the
+//! driver) and the chains found per avail-ring pass. With
+//! `SCSI_BENCH_ALLOCS=1` the device runs also count heap allocations per
+//! request (whole process): exact, unlike timings, but the shared counter
+//! slows the run, so leave it off when timing.
 //!
 //! Run: `cargo bench -p devices --bench scsi_iops` (env `SCSI_BENCH_SECS`,
 //! default 3; `SCSI_BENCH_ROUNDS`, default 3, alternating device and fio and
