@@ -323,10 +323,20 @@ fn event_idx_suppresses_interrupts_until_the_driver_asks() {
     assert_eq!(rig.driver.read_reg(0x60), 0, "acknowledged");
 }
 
-/// Interrupts signalled so far, read once the device had time to finish its
-/// interrupt decision (it follows the used-ring update).
+/// Interrupts signalled so far, read once the device has finished its interrupt
+/// decision. It makes that decision in the completion BH that also updates the
+/// used ring: taking the context lock waits for the iothread's dispatch to end,
+/// and polling runs whatever is still pending. (A fixed sleep here failed once
+/// under load.)
 fn settled_interrupts(rig: &mut Rig) -> u64 {
-    std::thread::sleep(std::time::Duration::from_millis(30));
+    {
+        let _held = rig.ctx.acquire();
+        let mut passes = 0;
+        while rig.ctx.poll(false) {
+            passes += 1;
+            assert!(passes < 1000, "the context never went quiet");
+        }
+    }
     rig.driver.interrupts()
 }
 
