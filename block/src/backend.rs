@@ -210,7 +210,10 @@ impl BlockBackend {
         done: impl FnOnce(IoResult) + Send + 'static,
     ) {
         let unmap = mode == ZeroMode::MayUnmap && self.supports_discard();
-        self.submit(Request::WriteZeroes { offset, len, unmap }, self.counted(done));
+        self.submit(
+            Request::WriteZeroes { offset, len, unmap },
+            self.counted(done),
+        );
     }
 
     /// Checks a request; `Err` means it must not reach the file.
