@@ -29,7 +29,9 @@ pub(crate) enum Ev {
     Announce,
     /// A notify wrote the eventfd; arg = sleepers seen.
     NotifySent,
-    /// A notify skipped the eventfd write; arg = sleepers seen (or u48 max for a fault).
+    /// A notify skipped the eventfd write; arg = sleepers seen (0), or -1 for
+    /// fault (a), -2 for a lock holder's quiet publish (its own scan runs the work),
+    /// -3 for fault (q).
     NotifySkipped,
     /// A BH was made pending; arg = BH id.
     BhSchedule,
