@@ -149,57 +149,93 @@ impl BottomHalf {
     }
 }
 
-/// Runs every queued BH once (context lock held). Returns whether any ran.
+thread_local! {
+    /// This thread's empty batch buffer, swapped into the context's queue.
+    static SPARE: RefCell<VecDeque<Arc<BhInner>>> = const { RefCell::new(VecDeque::new()) };
+}
+
+/// Runs every queued BH once (context lock held), and the unrun rest of the
+/// batches of dispatches further up this thread's stack (`Shared::bh_slices`).
+/// Returns whether any ran.
 pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
-    thread_local! {
-        /// This thread's empty batch buffer, swapped into the context's queue.
-        static SPARE: RefCell<VecDeque<Arc<BhInner>>> = const { RefCell::new(VecDeque::new()) };
-    }
     shared.quiet_work_scanned();
     // A nested dispatch further down this stack finds the spare taken and starts
     // from an empty one: correct, only not allocation-free.
     let mut batch = SPARE.with(|s| s.take());
     shared.swap_bh_queue(&mut batch);
+    if !batch.is_empty() {
+        lock_slices(shared).push_back(batch);
+    } else {
+        recycle(batch);
+    }
     let mut progress = false;
-    for bh in batch.drain(..) {
-        // Clear QUEUED with the rest so a reschedule from the callback re-queues it.
-        let old = bh
-            .flags
-            .fetch_and(!(SCHEDULED | IDLE | QUEUED), Ordering::AcqRel);
-        if old & DELETED != 0 || old & SCHEDULED == 0 {
-            continue;
+    while let Some(bh) = next_from_slices(shared) {
+        progress |= run_one(shared, &bh);
+    }
+    progress
+}
+
+fn lock_slices(shared: &Shared) -> std::sync::MutexGuard<'_, VecDeque<VecDeque<Arc<BhInner>>>> {
+    shared.bh_slices.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The next BH of the oldest unfinished batch; emptied batches are dropped.
+fn next_from_slices(shared: &Shared) -> Option<Arc<BhInner>> {
+    let mut slices = lock_slices(shared);
+    while let Some(front) = slices.front_mut() {
+        if let Some(bh) = front.pop_front() {
+            return Some(bh);
         }
-        match &bh.cb {
-            BhCallback::Reentrant(f) => {
-                shared.trace.record(Ev::BhDispatch, bh.id as i64);
-                f();
-                progress = true;
-            }
-            BhCallback::Mut(m) => match m.try_lock() {
-                Ok(mut f) => {
-                    shared.trace.record(Ev::BhDispatch, bh.id as i64);
-                    (*f)();
-                    progress = true;
-                }
-                Err(_) => {
-                    // Running further up this stack (a nested poll inside its own
-                    // callback): leave the request pending for after it returns.
-                    let prev = bh
-                        .flags
-                        .fetch_or(SCHEDULED | QUEUED | (old & IDLE), Ordering::AcqRel);
-                    if prev & QUEUED == 0 {
-                        shared.push_bh(bh.clone());
-                    }
-                }
-            },
+        if let Some(empty) = slices.pop_front() {
+            recycle(empty);
         }
     }
+    None
+}
+
+/// Keeps the larger of an emptied batch buffer and this thread's spare.
+fn recycle(empty: VecDeque<Arc<BhInner>>) {
     SPARE.with(|s| {
-        if s.borrow().capacity() < batch.capacity() {
-            *s.borrow_mut() = batch;
+        if s.borrow().capacity() < empty.capacity() {
+            *s.borrow_mut() = empty;
         }
     });
-    progress
+}
+
+/// Runs one BH taken from a batch, if it is still pending. Returns whether it ran.
+fn run_one(shared: &Shared, bh: &Arc<BhInner>) -> bool {
+    // Clear QUEUED with the rest so a reschedule from the callback re-queues it.
+    let old = bh
+        .flags
+        .fetch_and(!(SCHEDULED | IDLE | QUEUED), Ordering::AcqRel);
+    if old & DELETED != 0 || old & SCHEDULED == 0 {
+        return false;
+    }
+    match &bh.cb {
+        BhCallback::Reentrant(f) => {
+            shared.trace.record(Ev::BhDispatch, bh.id as i64);
+            f();
+            true
+        }
+        BhCallback::Mut(m) => match m.try_lock() {
+            Ok(mut f) => {
+                shared.trace.record(Ev::BhDispatch, bh.id as i64);
+                (*f)();
+                true
+            }
+            Err(_) => {
+                // Running further up this stack (a nested poll inside its own
+                // callback): leave the request pending for after it returns.
+                let prev = bh
+                    .flags
+                    .fetch_or(SCHEDULED | QUEUED | (old & IDLE), Ordering::AcqRel);
+                if prev & QUEUED == 0 {
+                    shared.push_bh(bh.clone());
+                }
+                false
+            }
+        },
+    }
 }
 
 #[cfg(test)]

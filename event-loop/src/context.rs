@@ -56,6 +56,14 @@ pub(crate) struct Shared {
     /// lock holder drains. The mutex guards the data only; the protocol's
     /// ordering comes from `core`.
     bh_queue: Mutex<VecDeque<Arc<BhInner>>>,
+    /// Batches taken from `bh_queue` by the dispatches now running on the lock
+    /// holder's stack, outermost first, with what they have not run yet. A
+    /// dispatch runs from the front slice, so one nested in a BH callback runs
+    /// the rest of the outer batch too: a callback that waits in a nested poll for
+    /// a BH later in its own batch would otherwise wait forever (that BH is
+    /// neither in `bh_queue` nor runnable until the callback returns). Lock
+    /// holder pops; pollers peek while preparing.
+    pub(crate) bh_slices: Mutex<VecDeque<VecDeque<Arc<BhInner>>>>,
     /// BH names by id, for the trace dump.
     bh_names: Mutex<Vec<&'static str>>,
     /// The timer list; `timerfd` is programmed to its earliest deadline.
@@ -94,16 +102,24 @@ impl Shared {
 
     /// (urgent, idle): whether a non-idle / only-idle BH is pending.
     fn pending_bhs(&self) -> (bool, bool) {
-        let q = lock(&self.bh_queue);
         let mut idle = false;
-        for bh in q.iter() {
+        let mut scan = |bh: &Arc<BhInner>| {
             let f = bh.flags.load(Ordering::Acquire);
             if f & SCHEDULED != 0 {
                 if f & IDLE == 0 {
-                    return (true, true);
+                    return true;
                 }
                 idle = true;
             }
+            false
+        };
+        if lock(&self.bh_queue).iter().any(&mut scan) {
+            return (true, true);
+        }
+        // The unrun rest of batches being dispatched further up the stack of a
+        // nested poller (see `bh_slices`).
+        if lock(&self.bh_slices).iter().flatten().any(&mut scan) {
+            return (true, true);
         }
         (false, idle)
     }
@@ -274,6 +290,7 @@ impl AioContext {
             core: WakeCore::new(),
             notifier,
             bh_queue: Mutex::new(VecDeque::new()),
+            bh_slices: Mutex::new(VecDeque::new()),
             bh_names: Mutex::new(Vec::new()),
             timers: Mutex::new(TimerList {
                 timers: Vec::new(),
@@ -605,6 +622,7 @@ impl Drop for AioContext {
         }
         // Queued BHs hold `shared`; break that cycle.
         drop(self.shared.take_bh_queue());
+        drop(std::mem::take(&mut *lock(&self.shared.bh_slices)));
     }
 }
 

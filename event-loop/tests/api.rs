@@ -489,3 +489,94 @@ fn inline_job_left_unpolled_wakes_the_iothread_at_release() {
     }
     io.stop();
 }
+
+/// Runs `f` on its own thread; fails (with the trace) if it has not finished in
+/// 5 s instead of hanging the test run.
+fn within_5s(ctx: &Arc<AioContext>, f: impl FnOnce() + Send + 'static) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    if rx.recv_timeout(Duration::from_secs(5)).is_err() {
+        panic!("hung; trace:\n{}", ctx.trace_dump());
+    }
+}
+
+#[test]
+fn a_bh_may_wait_in_a_nested_poll_for_a_bh_later_in_its_own_batch() {
+    let ctx = AioContext::new().unwrap();
+    let (c, n) = counter();
+    let later = ctx.new_bh("later", move || {
+        c.fetch_add(1, Ordering::SeqCst);
+    });
+    let (c2, n2) = (ctx.clone(), Arc::new(n));
+    let n3 = n2.clone();
+    let first = ctx.new_bh("first", move || {
+        // `later` was scheduled after us: it is in the batch being run, not in
+        // the queue. The nested poll must run it rather than sleep forever.
+        let _g = c2.acquire();
+        c2.poll_while(|| n3() == 0);
+    });
+    first.schedule();
+    later.schedule();
+    let c3 = ctx.clone();
+    within_5s(&ctx, move || {
+        let _g = c3.acquire();
+        c3.poll(false);
+    });
+    assert_eq!(n2(), 1, "the later BH ran once, inside the nested poll");
+    drop(first); // its closure holds a context clone
+}
+
+#[test]
+fn a_bh_may_wait_for_an_inline_pool_job_while_the_completion_bh_is_in_its_batch() {
+    // The synchronous block path called from a BH callback, with the pool's
+    // completion BH already pending behind that callback in the same batch: the
+    // inline job's quiet schedule finds it pending and publishes nothing.
+    let ctx = AioContext::new().unwrap();
+    let (c2, inline_done) = (ctx.clone(), Arc::new(AtomicUsize::new(0)));
+    let idn = inline_done.clone();
+    let caller = ctx.new_bh("sync-caller", move || {
+        let g = c2.acquire();
+        let d = idn.clone();
+        c2.thread_pool().run_inline(
+            &g,
+            || (),
+            move |()| {
+                d.fetch_add(1, Ordering::SeqCst);
+            },
+        );
+        c2.poll_while(|| idn.load(Ordering::SeqCst) == 0);
+    });
+    caller.schedule();
+    // Then a worker finishes a job: the completion BH queues behind the caller.
+    let pool_done = Arc::new(AtomicUsize::new(0));
+    let pd = pool_done.clone();
+    ctx.thread_pool().submit(
+        || (),
+        move |()| {
+            pd.fetch_add(1, Ordering::SeqCst);
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ctx
+        .trace_dump()
+        .contains("BhSchedule(thread-pool-completion")
+    {
+        assert!(Instant::now() < deadline, "the worker never completed");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let c3 = ctx.clone();
+    within_5s(&ctx, move || {
+        let _g = c3.acquire();
+        c3.poll(false);
+    });
+    assert_eq!(inline_done.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        pool_done.load(Ordering::SeqCst),
+        1,
+        "delivered in the same pass"
+    );
+    drop(caller);
+}
