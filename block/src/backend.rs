@@ -57,7 +57,10 @@ impl Deferred {
     fn new(ctx: &Arc<AioContext>) -> Deferred {
         let queue: Arc<Mutex<Vec<(Completion, IoResult)>>> = Arc::default();
         let bh_queue = Arc::clone(&queue);
-        let bh = ctx.new_bh("block-deferred-completions", move || {
+        // Re-entrant: a completion that waits for a synchronous request which
+        // itself completes here (it failed its checks) needs this BH to run again
+        // inside its nested poll.
+        let bh = ctx.new_reentrant_bh("block-deferred-completions", move || {
             let ready = std::mem::take(&mut *bh_queue.lock().unwrap());
             for (done, result) in ready {
                 done(result);

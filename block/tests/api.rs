@@ -368,3 +368,41 @@ fn sync_writes_run_inline_without_waking_the_iothread() {
     }
     iothread.stop();
 }
+
+/// A completion callback may make a synchronous request, also one that fails its
+/// checks and so completes through the same deferred-completion BH that is running
+/// the callback: the nested wait must get its error, not spin.
+#[test]
+fn a_failed_requests_callback_may_wait_for_another_failed_request() {
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    let options = opts(AioMode::Threads, CacheMode::Writeback);
+    let backend = Arc::new(BlockBackend::open(img.path(), &options, ctx.clone()).unwrap());
+    let (tx, rx) = mpsc::channel();
+    let inner = Arc::clone(&backend);
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = Arc::clone(&answered);
+    // Beyond the end: refused before the file, completed by the deferred BH.
+    backend.aio_readv(2 * MIB, Vec::new(), move |outer| {
+        let nested = inner.pwrite(2 * MIB, &[0u8; 512]);
+        let _ = tx.send((outer.is_err(), nested.is_err()));
+        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    let c = ctx.clone();
+    // The poller gives up after a while so that a failure ends the test.
+    std::thread::spawn(move || {
+        let _g = c.acquire();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !answered.load(std::sync::atomic::Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            c.poll(false);
+        }
+    });
+    let got = rx.recv_timeout(Duration::from_secs(5));
+    assert_eq!(
+        got,
+        Ok((true, true)),
+        "nested synchronous request never completed"
+    );
+}

@@ -482,6 +482,19 @@ impl AioContext {
         self.make_bh(name, BhCallback::Mut(Mutex::new(Box::new(cb))))
     }
 
+    /// Creates a bottom half whose callback may run again while an earlier run
+    /// is still on the stack (a nested poll inside it): unlike [`Self::new_bh`],
+    /// scheduling it from inside its own callback lets a nested poll run it. For
+    /// callbacks that deliver queued work and may themselves wait for more of it.
+    /// Any thread.
+    pub fn new_reentrant_bh(
+        self: &Arc<Self>,
+        name: &'static str,
+        cb: impl Fn() + Send + Sync + 'static,
+    ) -> BottomHalf {
+        self.make_bh(name, BhCallback::Reentrant(Box::new(cb)))
+    }
+
     pub(crate) fn make_bh(&self, name: &'static str, cb: BhCallback) -> BottomHalf {
         let id = self.next_bh_id.fetch_add(1, Ordering::Relaxed);
         lock(&self.shared.bh_names).push(name);
