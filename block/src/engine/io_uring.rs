@@ -286,48 +286,34 @@ impl Ring {
             ));
         }
         let fd = types::Fd(fd);
-        let entry = match r.op {
-            Op::Read | Op::Write => {
-                let rest = &r.vecs[r.first..];
-                let at = r.offset + r.done as u64;
-                let flags = if r.op == Op::Write && r.fua {
-                    libc::RWF_DSYNC
-                } else {
-                    0
-                };
-                match rest {
-                    // One segment (the common 4 KiB request): a plain read/write,
-                    // which spares the kernel importing (and, when it punts to
-                    // io-wq, allocating and copying) an iovec array. A segment
-                    // of 4 GiB or more keeps the vectored form.
-                    [one] if u32::try_from(one.iov_len).is_ok() => {
-                        let (ptr, len) = (one.iov_base.cast::<u8>(), one.iov_len as u32);
-                        if r.op == Op::Read {
-                            opcode::Read::new(fd, ptr, len).offset(at).build()
-                        } else {
-                            opcode::Write::new(fd, ptr, len)
-                                .offset(at)
-                                .rw_flags(flags)
-                                .build()
-                        }
-                    }
-                    _ => {
-                        let count = rest.len().min(MAX_SEGMENTS) as u32;
-                        // The Vec's heap buffer does not move while the request is
-                        // in flight (it is never resized), so the kernel may keep
-                        // this pointer.
-                        let ptr = rest.as_ptr();
-                        if r.op == Op::Read {
-                            opcode::Readv::new(fd, ptr, count).offset(at).build()
-                        } else {
-                            opcode::Writev::new(fd, ptr, count)
-                                .offset(at)
-                                .rw_flags(flags)
-                                .build()
-                        }
-                    }
-                }
-            }
+        let rest = &r.vecs[r.first..];
+        let at = r.offset + r.done as u64;
+        let flags = if r.fua { libc::RWF_DSYNC } else { 0 };
+        // One segment (the common 4 KiB request) goes as a plain read/write, which
+        // spares the kernel importing (and, when it punts to io-wq, allocating and
+        // copying) an iovec array; a segment of 4 GiB or more keeps the vectored
+        // form. A vectored entry points into the Vec's heap buffer, which does not
+        // move while the request is in flight (it is never resized).
+        let single = match rest {
+            [one] => u32::try_from(one.iov_len)
+                .ok()
+                .map(|len| (one.iov_base.cast::<u8>(), len)),
+            _ => None,
+        };
+        let count = rest.len().min(MAX_SEGMENTS) as u32;
+        let entry = match (r.op, single) {
+            (Op::Read, Some((ptr, len))) => opcode::Read::new(fd, ptr, len).offset(at).build(),
+            (Op::Write, Some((ptr, len))) => opcode::Write::new(fd, ptr, len)
+                .offset(at)
+                .rw_flags(flags)
+                .build(),
+            (Op::Read, None) => opcode::Readv::new(fd, rest.as_ptr(), count)
+                .offset(at)
+                .build(),
+            (Op::Write, None) => opcode::Writev::new(fd, rest.as_ptr(), count)
+                .offset(at)
+                .rw_flags(flags)
+                .build(),
             _ => opcode::Fsync::new(fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build(),
