@@ -58,6 +58,15 @@ wait_exit() {
     wait "$HANGAR_PID"; HANGAR_STATUS=$?
 }
 
+# expect_clean_exit SECONDS WHEN [LOG]: waits for hangar to end with status 0;
+# a failure says WHEN ("after reset -s") and shows LOG's tail if given.
+expect_clean_exit() {
+    _tail=""
+    [ -n "$3" ] && _tail="; console: $(console_tail "$3")"
+    wait_exit "$1" || fail "hangar still running $1 s $2$_tail"
+    [ "$HANGAR_STATUS" = 0 ] || fail "hangar exited $HANGAR_STATUS $2$_tail"
+}
+
 # size_of FILE: its length in bytes (a console offset for wait_after).
 size_of() { wc -c < "$1" | tr -d ' '; }
 

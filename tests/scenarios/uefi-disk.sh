@@ -18,8 +18,7 @@ step startup-nsh
 wait_for "startup.nsh is running" "$out" 300 || fail "startup.nsh did not run; console: $(console_tail $out)"
 value to_startup_nsh_ms $(( $(now_ms) - t0 ))
 step power-off
-wait_exit 120 || fail "hangar still running; console: $(console_tail $out)"
-[ "$HANGAR_STATUS" = 0 ] || fail "hangar exited $HANGAR_STATUS; console: $(console_tail $out)"
+expect_clean_exit 120 "after startup.nsh" "$out"
 step check-output
 clean=/tmp/console.txt
 sed 's/\x1b\[[0-9;?]*[A-Za-z]//g' "$out" | tr -d '\r' > "$clean"

@@ -31,8 +31,7 @@ off=$(size_of "$out")
 type_line "dmpstore HangarTest -guid $GUID"
 wait_after "$off" "HANGAR42" "$out" 60 || fail "variable lost across reset; console: $(console_tail $out)"
 type_line "reset -s"
-wait_exit 60 || fail "hangar did not exit after reset -s"
-[ "$HANGAR_STATUS" = 0 ] || fail "hangar exited $HANGAR_STATUS after reset -s"
+expect_clean_exit 60 "after reset -s"
 
 step restart
 out2=/tmp/console2.out
@@ -44,8 +43,7 @@ wait_after "$off" "HANGAR42" "$out2" 60 || fail "variable lost across a process 
 
 step sigterm
 kill -TERM "$HANGAR_PID"
-wait_exit 60 || fail "hangar did not exit after SIGTERM"
-[ "$HANGAR_STATUS" = 0 ] || fail "hangar exited $HANGAR_STATUS after SIGTERM"
+expect_clean_exit 60 "after SIGTERM"
 grep -q "machine ended: Signal(15)" "$out2" || fail "no clean shutdown on SIGTERM; console: $(console_tail $out2)"
 value restart_status "$HANGAR_STATUS"
 pass
