@@ -33,6 +33,8 @@ pub(crate) struct RawFile {
     physical_block_size: u32,
     discard_supported: bool,
     direct: bool,
+    /// The file system keeps the data in memory only (tmpfs, ramfs, hugetlbfs).
+    memory_backed: bool,
 }
 
 impl RawFile {
@@ -82,6 +84,7 @@ impl RawFile {
         };
         let logical = (request_align as u32).max(512);
         let discard_supported = !options.readonly && (is_blockdev || probe_punch_hole(fd, size));
+        let memory_backed = !is_blockdev && is_memory_file_system(fd);
         log::debug!(
             "opened {}: {size} bytes, logical {logical}, physical {physical}, direct {direct}, \
              discard {discard_supported}",
@@ -97,6 +100,7 @@ impl RawFile {
             physical_block_size: physical.max(logical),
             discard_supported,
             direct,
+            memory_backed,
         })
     }
 
@@ -127,6 +131,28 @@ impl RawFile {
     pub(crate) fn is_direct(&self) -> bool {
         self.direct
     }
+    /// Whether reads and writes are memory copies that never wait for a device
+    /// (unless the host swaps the file's pages out).
+    pub(crate) fn is_memory_backed(&self) -> bool {
+        self.memory_backed
+    }
+}
+
+/// Whether `fd` lives on a file system without backing storage. An error counts
+/// as "no": the file is then treated like any other.
+fn is_memory_file_system(fd: RawFd) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: fstatfs fills the statfs buffer, which outlives the call.
+    let ret = unsafe { libc::fstatfs(fd, st.as_mut_ptr()) };
+    if ret != 0 {
+        return false;
+    }
+    // SAFETY: fstatfs returned 0, so it initialised the buffer.
+    let f_type: i64 = unsafe { st.assume_init() }.f_type;
+    [TMPFS_MAGIC, RAMFS_MAGIC, HUGETLBFS_MAGIC].contains(&f_type)
 }
 
 fn ioctl_u64(fd: RawFd, request: libc::c_ulong) -> io::Result<u64> {
@@ -199,6 +225,17 @@ mod tests {
         assert_eq!(raw.logical_block_size(), 512);
         assert!(raw.physical_block_size() >= 512);
         assert!(raw.discard_supported(), "ext4 /var/tmp punches holes");
+    }
+
+    #[test]
+    fn tmpfs_is_memory_backed_and_ext4_is_not() {
+        let disk = image(4096);
+        let raw = RawFile::open(disk.path(), &BlockOptions::default()).unwrap();
+        assert!(!raw.is_memory_backed(), "/var/tmp is ext4 here");
+        let shm = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        shm.as_file().set_len(4096).unwrap();
+        let raw = RawFile::open(shm.path(), &BlockOptions::default()).unwrap();
+        assert!(raw.is_memory_backed());
     }
 
     #[test]

@@ -406,3 +406,65 @@ fn a_failed_requests_callback_may_wait_for_another_failed_request() {
         "nested synchronous request never completed"
     );
 }
+
+/// aio=threads on a memory-backed file (tmpfs): small async requests from a
+/// context-lock holder are copies that run on the submitter, so a chain of them
+/// (each callback submitting the next, as a device does) starts no pool worker,
+/// and every callback still runs later, on the context, never inside `submit`.
+/// A request above the inline limit, and any request on a disk file, still goes
+/// to a worker.
+#[test]
+fn memory_backed_small_requests_run_on_the_submitter() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let _wd = common::deadline(Duration::from_secs(30));
+    for (dir, inline_expected) in [("/dev/shm", true), ("/var/tmp", false)] {
+        let img = image_in(dir, 4 * MIB);
+        let ctx = AioContext::new().unwrap();
+        let options = opts(AioMode::Threads, CacheMode::Writeback);
+        let b = Arc::new(BlockBackend::open(img.path(), &options, ctx.clone()).unwrap());
+        let completed = Arc::new(AtomicUsize::new(0));
+        let in_submit = Arc::new(AtomicBool::new(false));
+        let mut bufs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 4096]).collect();
+        {
+            let _g = ctx.acquire();
+            for (i, buf) in bufs.iter_mut().enumerate() {
+                let iov = vec![seg(buf, 0, 4096)];
+                let (done, nested) = (Arc::clone(&completed), Arc::clone(&in_submit));
+                in_submit.store(true, Ordering::SeqCst);
+                b.aio_writev(i as u64 * 4096, iov, WriteMode::Normal, move |r| {
+                    assert!(!nested.load(Ordering::SeqCst), "callback ran inside submit");
+                    assert_eq!(r.unwrap(), 4096);
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+                in_submit.store(false, Ordering::SeqCst);
+            }
+            ctx.poll_while(|| completed.load(Ordering::SeqCst) < 64);
+        }
+        assert_eq!(
+            ctx.thread_pool().workers() == 0,
+            inline_expected,
+            "{dir}: workers {}",
+            ctx.thread_pool().workers()
+        );
+        for i in [0u64, 31, 63] {
+            let mut got = [0u8; 4096];
+            img.as_file().read_exact_at(&mut got, i * 4096).unwrap();
+            assert!(got.iter().all(|&x| x == i as u8), "{dir}: block {i}");
+        }
+        if inline_expected {
+            // 1 MiB is above the inline limit: a worker copies it.
+            let mut big = vec![0x5au8; MIB as usize];
+            let iov = vec![seg(&mut big, 0, MIB as usize)];
+            let done = Arc::new(AtomicBool::new(false));
+            let flag = Arc::clone(&done);
+            let _g = ctx.acquire();
+            b.aio_writev(MIB, iov, WriteMode::Normal, move |r| {
+                assert_eq!(r.unwrap(), MIB as usize);
+                flag.store(true, Ordering::SeqCst);
+            });
+            ctx.poll_while(|| !done.load(Ordering::SeqCst));
+            assert_eq!(ctx.thread_pool().workers(), 1, "the big write used a worker");
+        }
+        drop(bufs);
+    }
+}

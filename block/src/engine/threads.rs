@@ -13,6 +13,10 @@ use crate::iovec::MAX_SEGMENTS;
 use crate::raw::RawFile;
 use crate::{BlockError, Op};
 
+/// Largest read or write on a memory-backed file that the submitter copies itself
+/// (about 10 µs of copying); bigger ones are worth a worker.
+const INLINE_MAX_BYTES: u64 = 128 << 10;
+
 /// The thread-pool engine.
 pub(crate) struct ThreadsEngine {
     ctx: Arc<AioContext>,
@@ -23,14 +27,38 @@ impl ThreadsEngine {
     pub(crate) fn new(ctx: Arc<AioContext>, file: Arc<RawFile>) -> ThreadsEngine {
         ThreadsEngine { ctx, file }
     }
+
+    /// Whether the submitting thread should run `req` itself instead of handing
+    /// it to a worker. Only a context-lock holder may (the completion is queued
+    /// for its own next BH pass, see `ThreadPool::run_inline`), and only when the
+    /// worker would not help:
+    /// - a synchronous helper would just sleep in its nested poll meanwhile;
+    /// - on a memory-backed file a small read, write or flush is a copy of a few
+    ///   microseconds that cannot wait for a device, while the hand-off to a
+    ///   worker and back costs two cross-thread wake-ups, several times more.
+    ///   This is the same bet io_uring makes when it tries a request inline
+    ///   before punting it to io-wq.
+    fn runs_inline(&self, req: &Request) -> bool {
+        if !self.ctx.is_held_by_current_thread() {
+            return false;
+        }
+        if super::submitting_at_once() {
+            return true;
+        }
+        self.file.is_memory_backed()
+            && matches!(
+                req,
+                Request::Read { .. } | Request::Write { .. } | Request::Flush
+            )
+            && req.len() <= INLINE_MAX_BYTES
+    }
 }
 
 impl Engine for ThreadsEngine {
     fn submit(&self, req: Request, done: Completion) {
-        if super::submitting_at_once() && self.ctx.is_held_by_current_thread() {
-            // A synchronous helper holding the context lock: it would only sleep
-            // in its nested poll while a worker ran this, so it runs it itself;
-            // the completion still reaches it through the pool's BH and that poll.
+        if self.runs_inline(&req) {
+            // The completion still reaches the callback through the pool's BH, on
+            // this context, never inside this call.
             let held = self.ctx.acquire();
             let pool = self.ctx.thread_pool();
             return pool.run_inline(&held, || execute(&self.file, &req), done);
