@@ -59,8 +59,48 @@ impl fmt::Display for BackendError {
 
 impl std::error::Error for BackendError {}
 
-/// Called once with the number of bytes transferred, or the error.
-pub type IoCompletion = Box<dyn FnOnce(Result<usize, BackendError>) + Send>;
+/// Called once with the number of bytes transferred, or the error
+/// ([`IoCompletion::complete`]).
+///
+/// A concrete type rather than a boxed closure: the device's own per-command
+/// completion (nearly every request) is carried inline, so a request costs no
+/// allocation here; a backend that boxes it (as `block` does) boxes it once.
+/// Other completions (tests, multi-part commands) are boxed closures.
+pub struct IoCompletion(Kind);
+
+enum Kind {
+    /// One command's single disk request.
+    Command(super::device::CommandCompletion),
+    Boxed(Box<dyn FnOnce(Result<usize, BackendError>) + Send>),
+}
+
+impl IoCompletion {
+    /// A completion that runs `done`.
+    pub fn new(done: impl FnOnce(Result<usize, BackendError>) + Send + 'static) -> IoCompletion {
+        IoCompletion(Kind::Boxed(Box::new(done)))
+    }
+
+    pub(super) fn command(done: super::device::CommandCompletion) -> IoCompletion {
+        IoCompletion(Kind::Command(done))
+    }
+
+    /// Completes the request with the bytes transferred, or the error.
+    pub fn complete(self, result: Result<usize, BackendError>) {
+        match self.0 {
+            Kind::Command(done) => done.run(result),
+            Kind::Boxed(done) => done(result),
+        }
+    }
+}
+
+impl fmt::Debug for IoCompletion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Command(_) => "IoCompletion(command)",
+            Kind::Boxed(_) => "IoCompletion(boxed)",
+        })
+    }
+}
 
 /// A disk image as the SCSI emulation sees it.
 pub trait ScsiBackend: Send + Sync {

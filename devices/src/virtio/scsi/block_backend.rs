@@ -52,7 +52,9 @@ impl ScsiBackend for BlockBackend {
     }
 
     unsafe fn submit(&self, request: BackendRequest, done: IoCompletion) {
-        let done = move |result: Result<usize, BlockError>| done(result.map_err(backend_error));
+        // The device's completion moves into `block`'s one box per request.
+        let done =
+            move |result: Result<usize, BlockError>| done.complete(result.map_err(backend_error));
         match request {
             BackendRequest::Read { offset, bufs } => {
                 // SAFETY: `submit`'s contract is `IoVec::new`'s contract.

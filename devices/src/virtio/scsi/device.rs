@@ -30,7 +30,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::mmio::RateLimitedWarn;
 use crate::warn_limited;
 
-use super::backend::{BackendError, BackendRequest, HostBuf, ScsiBackend};
+use super::backend::{BackendError, BackendRequest, HostBuf, IoCompletion, ScsiBackend};
 use super::commands::{self, IoPlan, Outcome};
 use super::constants::*;
 use super::disk::{DiskGeometry, LunState, ScsiDiskConfig};
@@ -196,7 +196,9 @@ struct InFlight {
 
 /// Everything the iothread and the vCPU share, behind one lock.
 struct ScsiState {
-    mem: GuestMemoryMmap,
+    /// Shared so a pass over a ring can hold it beside `&mut self` without
+    /// cloning the region list (an allocation).
+    mem: Arc<GuestMemoryMmap>,
     queues: Vec<Option<Queue>>,
     luns: Vec<Lun>,
     max_target: u16,
@@ -231,6 +233,8 @@ struct ScsiState {
     /// Per queue: the bottom half that finishes a batch of completions
     /// (interrupt once, then look for new requests when polling).
     completion_bhs: Vec<Option<BottomHalf>>,
+    /// The request queues' list of popped chains, kept between passes.
+    spare_chains: Vec<(u16, Result<ChainBuffers, RequestError>)>,
     interrupt: Arc<VirtioInterrupt>,
     /// Counters for benchmarks and diagnostics (plain adds under the lock).
     stats: ScsiStats,
@@ -360,7 +364,7 @@ impl VirtioScsi {
             .collect::<Result<Vec<_>, _>>()?;
         let interrupt = Arc::new(VirtioInterrupt::new(irqfd));
         let state = ScsiState {
-            mem,
+            mem: Arc::new(mem),
             queues: Vec::new(),
             luns,
             max_target: config.max_target,
@@ -384,6 +388,7 @@ impl VirtioScsi {
             polling: vec![false; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
             needs_notify: vec![false; FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues)],
             completion_bhs: Vec::new(),
+            spare_chains: Vec::new(),
             interrupt: Arc::clone(&interrupt),
             stats: ScsiStats::default(),
             depth_sampled: None,
@@ -521,7 +526,7 @@ impl VirtioDevice for VirtioScsi {
             let mut state = self.shared.lock();
             for (index, queue) in queues.iter().enumerate() {
                 if let Some(queue) = queue {
-                    if !queue.is_valid(&state.mem) {
+                    if !queue.is_valid(&*state.mem) {
                         return Err(ActivateError::InvalidQueue { index });
                     }
                 }
@@ -534,9 +539,11 @@ impl VirtioDevice for VirtioScsi {
                     (index >= FIRST_REQUEST_QUEUE).then(|| {
                         // Weak: the state owns the BH, the BH must not own the state.
                         let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+                        // The BH's own list of submissions, reused every batch.
+                        let mut submissions = Vec::new();
                         self.ctx.new_bh("virtio-scsi-completions", move || {
                             if let Some(shared) = weak.upgrade() {
-                                finish_completions(&shared, index);
+                                finish_completions(&shared, index, &mut submissions);
                             }
                         })
                     })
@@ -558,11 +565,13 @@ impl VirtioDevice for VirtioScsi {
                         source: event_loop::Error::EventFdCreate(e),
                     })?;
             let shared = Arc::clone(&self.shared);
+            // The handler's own list of submissions, reused every kick.
+            let mut submissions = Vec::new();
             let handler = Box::new(move || {
                 // Drain the counter first: a kick arriving while we serve the
                 // queue re-arms the fd and we run again.
                 let _ = kick.read();
-                handle_kick(&shared, index);
+                handle_kick(&shared, index, &mut submissions);
             });
             self.ctx
                 .set_fd_handler(self.kick_fds[index].as_raw_fd(), Some(handler), None)
@@ -653,42 +662,36 @@ impl ScsiEventSender {
 }
 
 /// A kick on queue `index` (iothread, context lock held).
-fn handle_kick(shared: &Arc<Shared>, index: usize) {
-    let submissions = {
+/// `submissions` is the caller's scratch list (empty; left empty).
+fn handle_kick(shared: &Arc<Shared>, index: usize, submissions: &mut Vec<Submission>) {
+    {
         let mut state = shared.lock();
         match index {
-            CONTROL_QUEUE => {
-                state.serve_control_queue();
-                Vec::new()
-            }
-            EVENT_QUEUE => {
-                state.deliver_events();
-                Vec::new()
-            }
-            _ => state.serve_request_queue(index),
+            CONTROL_QUEUE => state.serve_control_queue(),
+            EVENT_QUEUE => state.deliver_events(),
+            _ => state.serve_request_queue(index, submissions),
         }
-    };
-    for submission in submissions {
+    }
+    for submission in submissions.drain(..) {
         start_io(shared, submission);
     }
 }
 
 /// After a batch of completions on request queue `index` (iothread): one
 /// interrupt decision for the batch, then, if kicks are suppressed, new requests.
-fn finish_completions(shared: &Arc<Shared>, index: usize) {
-    let submissions = {
+/// `submissions` as for [`handle_kick`].
+fn finish_completions(shared: &Arc<Shared>, index: usize, submissions: &mut Vec<Submission>) {
+    {
         let mut state = shared.lock();
         state.sample_depth();
         if std::mem::take(&mut state.needs_notify[index]) {
             state.notify_if_needed(index);
         }
         if state.polling.get(index).copied().unwrap_or(false) {
-            state.serve_request_queue(index)
-        } else {
-            Vec::new()
+            state.serve_request_queue(index, submissions);
         }
-    };
-    for submission in submissions {
+    }
+    for submission in submissions.drain(..) {
         start_io(shared, submission);
     }
 }
@@ -704,10 +707,11 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
     } = submission;
     let requests = match requests {
         Requests::One(request) if bounce.is_none() => {
-            // The common case (READ/WRITE/flush): one request, no join needed.
-            let shared_done = Arc::clone(shared);
-            let done = Box::new(move |result: Result<usize, BackendError>| {
-                shared_done.lock().complete_io(pending, result);
+            // The common case (READ/WRITE/flush): one request, no join needed,
+            // and no box for the completion.
+            let done = IoCompletion::command(CommandCompletion {
+                shared: Arc::clone(shared),
+                pending,
             });
             // SAFETY: as below — the buffers point into guest memory that stays
             // mapped and owned by the device until `complete_io` returns the chain.
@@ -715,9 +719,9 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
             return;
         }
         Requests::Many(mut many) if many.len() == 1 && bounce.is_none() => {
-            let shared_done = Arc::clone(shared);
-            let done = Box::new(move |result: Result<usize, BackendError>| {
-                shared_done.lock().complete_io(pending, result);
+            let done = IoCompletion::command(CommandCompletion {
+                shared: Arc::clone(shared),
+                pending,
             });
             if let Some(request) = many.pop() {
                 // SAFETY: as below.
@@ -738,7 +742,7 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
     for request in requests {
         let shared = Arc::clone(shared);
         let join = Arc::clone(&join);
-        let done = Box::new(move |result: Result<usize, BackendError>| {
+        let done = IoCompletion::new(move |result: Result<usize, BackendError>| {
             let finished = {
                 let mut join = join.lock().unwrap_or_else(|e| e.into_inner());
                 join.left -= 1;
@@ -765,6 +769,18 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
         // buffers to the device until we put the chain in the used ring, which
         // only happens in `complete_io`, after this request completed.
         unsafe { backend.submit(request, done) };
+    }
+}
+
+/// The completion of a command's single disk request: finishes the command.
+pub(super) struct CommandCompletion {
+    shared: Arc<Shared>,
+    pending: PendingIo,
+}
+
+impl CommandCompletion {
+    pub(super) fn run(self, result: Result<usize, BackendError>) {
+        self.shared.lock().complete_io(self.pending, result);
     }
 }
 
@@ -797,17 +813,17 @@ impl ScsiState {
     /// Pops every available chain of queue `index`, with notifications off while
     /// the ring is drained (EVENT_IDX: avail_event).
     fn pop_chains(&mut self, index: usize) -> Vec<(u16, Result<ChainBuffers, RequestError>)> {
-        let mem = self.mem.clone();
+        let mem = Arc::clone(&self.mem);
         let mut chains = Vec::new();
         loop {
             let Some(Some(queue)) = self.queues.get_mut(index) else {
                 return chains;
             };
-            if queue.disable_notification(&mem).is_err() {
+            if queue.disable_notification(&*mem).is_err() {
                 self.mark_broken("cannot write the used ring flags");
                 return chains;
             }
-            match queue.iter(&mem) {
+            match queue.iter(&*mem) {
                 Ok(iter) => {
                     for chain in iter {
                         let head = chain.head_index();
@@ -819,7 +835,7 @@ impl ScsiState {
                     return chains;
                 }
             }
-            match queue.enable_notification(&mem) {
+            match queue.enable_notification(&*mem) {
                 Ok(true) => continue,
                 Ok(false) => return chains,
                 Err(_) => {
@@ -835,7 +851,7 @@ impl ScsiState {
         let Some(Some(q)) = self.queues.get_mut(queue) else {
             return;
         };
-        if let Err(e) = q.add_used(&self.mem, head, len) {
+        if let Err(e) = q.add_used(&*self.mem, head, len) {
             self.mark_broken(&format!(
                 "cannot add to the used ring of queue {queue}: {e}"
             ));
@@ -847,7 +863,7 @@ impl ScsiState {
         let Some(Some(q)) = self.queues.get_mut(queue) else {
             return;
         };
-        match q.needs_notification(&self.mem) {
+        match q.needs_notification(&*self.mem) {
             Ok(true) => self.interrupt.raise(INTERRUPT_USED_RING),
             Ok(false) => {}
             Err(_) => self.mark_broken("cannot read used_event"),
@@ -875,20 +891,23 @@ impl ScsiState {
         luns
     }
 
-    fn serve_request_queue(&mut self, index: usize) -> Vec<Submission> {
-        let mut submissions = Vec::new();
+    /// Serves the available commands of request queue `index`; the disk I/O to
+    /// start (after the lock is dropped) is appended to `submissions`.
+    fn serve_request_queue(&mut self, index: usize, submissions: &mut Vec<Submission>) {
         let mut used = false;
-        let mem = self.mem.clone();
+        // Kept between passes: no allocation per pass.
+        let mut chains = std::mem::take(&mut self.spare_chains);
+        let mem = Arc::clone(&self.mem);
         loop {
             if self.broken {
                 break;
             }
-            let chains = self.pop_available(index, &mem);
+            self.pop_available(index, &mem, &mut chains);
             if !chains.is_empty() {
                 self.stats.batches += 1;
                 self.stats.chains += chains.len() as u64;
             }
-            for (head, buffers) in chains {
+            for (head, buffers) in chains.drain(..) {
                 match buffers {
                     Ok(buffers) => match self.serve_command(index, head, buffers) {
                         Some(submission) => submissions.push(submission),
@@ -913,7 +932,7 @@ impl ScsiState {
             let Some(Some(queue)) = self.queues.get_mut(index) else {
                 break;
             };
-            match queue.enable_notification(&mem) {
+            match queue.enable_notification(&*mem) {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(_) => {
@@ -926,7 +945,7 @@ impl ScsiState {
             self.notify_if_needed(index);
         }
         self.sample_depth();
-        submissions
+        self.spare_chains = chains;
     }
 
     /// Keeps `ranges`' allocation for a later chain.
@@ -940,20 +959,20 @@ impl ScsiState {
         }
     }
 
-    /// Pops the chains available on queue `index` now, with kicks suppressed
+    /// Appends the chains available on queue `index` now to `chains`, with kicks suppressed
     /// meanwhile (used flags without EVENT_IDX; with it, by not moving avail_event).
     fn pop_available(
         &mut self,
         index: usize,
         mem: &GuestMemoryMmap,
-    ) -> Vec<(u16, Result<ChainBuffers, RequestError>)> {
-        let mut chains = Vec::new();
+        chains: &mut Vec<(u16, Result<ChainBuffers, RequestError>)>,
+    ) {
         let Some(Some(queue)) = self.queues.get_mut(index) else {
-            return chains;
+            return;
         };
         if queue.disable_notification(mem).is_err() {
             self.mark_broken("cannot write the used ring flags");
-            return chains;
+            return;
         }
         let spare = &mut self.spare_ranges;
         match queue.iter(mem) {
@@ -969,7 +988,6 @@ impl ScsiState {
             }
             Err(e) => self.mark_broken(&format!("available ring of queue {index} is broken: {e}")),
         }
-        chains
     }
 
     /// Writes a command response at the front of `writable` and returns the chain.
@@ -1603,13 +1621,13 @@ impl ScsiState {
         if self.pending_events.is_empty() && !self.events_dropped {
             return;
         }
-        let mem = self.mem.clone();
+        let mem = Arc::clone(&self.mem);
         let mut used = false;
         while !self.pending_events.is_empty() || self.events_dropped {
             let Some(Some(queue)) = self.queues.get_mut(EVENT_QUEUE) else {
                 break;
             };
-            let chain = match queue.iter(&mem) {
+            let chain = match queue.iter(&*mem) {
                 Ok(mut iter) => iter.next(),
                 Err(e) => {
                     self.mark_broken(&format!("event queue broken: {e}"));

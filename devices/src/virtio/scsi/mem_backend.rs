@@ -101,7 +101,7 @@ impl MemBackend {
                 return count;
             };
             let result = self.perform(request);
-            done(result);
+            done.complete(result);
             count += 1;
         }
     }
@@ -213,7 +213,7 @@ impl ScsiBackend for MemBackend {
         match self.mode {
             CompletionMode::Inline => {
                 let result = self.perform(request);
-                done(result);
+                done.complete(result);
             }
             CompletionMode::Deferred => self
                 .pending
