@@ -238,12 +238,22 @@ end_wait:   (efd);                     /* epoll_wait(-1): level-triggered notifi
     snap = 0; urgent = 0; may_block = 0
 }
 
-/* iothread.rs loop: context.rs AioContext::iothread_iteration */
+/* iothread.rs loop: context.rs AioContext::iothread_iteration. After a dispatch
+ * that left quiet work, the next pass may skip prepare_and_wait and only run BHs
+ * (at most MAX_BH_ONLY_PASSES in a row). Here any normal iteration may be
+ * followed by one such pass, whether or not quiet work was left: a superset of
+ * the real behaviour (in this model only the vCPU publishes quietly). */
 active proctype IoThread() {
     byte snap, g, torun, got, more, was, q0, q1, q2;
-    bool urgent, may_block, fired;
+    bool urgent, may_block, fired, bh_only_ok;
 end_loop:
     do
+    :: bh_only_ok ->                   /* carry.quiet_left && passes < MAX */
+       bh_only_ok = 0;
+       atomic { owner == 0 -> owner = 1 };                 /* ctx_lock.lock() */
+       fired = 0;                      /* no events gathered */
+       dispatch(1, fired, torun, got, more, was, q0, q1, q2); /* dispatch(&[], IoThread) */
+       release()
     :: g = gen;                        /* let gen = dispatch_gen.load() */
        prepare_and_wait(snap, urgent, may_block, fired);   /* without the lock */
        atomic { owner == 0 -> owner = 1 };                 /* ctx_lock.lock() */
@@ -253,6 +263,7 @@ end_loop:
        fi;
        dispatch(1, fired, torun, got, more, was, q0, q1, q2);
        g = 0;
+       bh_only_ok = 1;
        release()                       /* _guard dropped (depth 1) */
     od
 }

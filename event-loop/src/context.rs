@@ -39,6 +39,18 @@ pub type FdHandler = Box<dyn FnMut() + Send>;
 const IDLE_BH_TIMEOUT_MS: i32 = 10;
 /// Events gathered per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 64;
+/// Consecutive iothread passes that may skip asking the kernel for fd events
+/// (see `iothread_iteration`).
+const MAX_BH_ONLY_PASSES: u32 = 8;
+
+/// What the iothread loop carries from one iteration to the next.
+#[derive(Default)]
+pub(crate) struct IoThreadCarry {
+    /// The last dispatch left quiet work for a BH pass.
+    quiet_left: bool,
+    /// BH-only passes in a row.
+    bh_only_passes: u32,
+}
 
 /// Fault knob bits (feature `fault-knobs`; always 0 otherwise).
 pub(crate) const FAULT_SKIP_WHILE_DISPATCHING: u8 = 1;
@@ -457,7 +469,22 @@ impl AioContext {
     }
 
     /// One iothread iteration: wait without the lock, then dispatch with it.
-    pub(crate) fn iothread_iteration(&self) {
+    pub(crate) fn iothread_iteration(&self, carry: &mut IoThreadCarry) {
+        if carry.quiet_left && carry.bh_only_passes < MAX_BH_ONLY_PASSES {
+            // Our last dispatch left quiet work (a request it ran inline, whose
+            // completion BH it scheduled): only a BH pass is needed. Asking the
+            // kernel for fd events first would be one syscall per request; fd
+            // events are level-triggered and wait at most MAX_BH_ONLY_PASSES
+            // passes. To the protocol this is a poll whose `epoll_wait(0)` found
+            // nothing, which can always happen.
+            carry.bh_only_passes += 1;
+            self.ctx_lock.lock();
+            let _guard = ContextGuard { ctx: self };
+            self.dispatch(&[], Poller::IoThread);
+            carry.quiet_left = self.shared.has_unscanned_quiet_work();
+            return;
+        }
+        carry.bh_only_passes = 0;
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
         self.shared.trace.record(Ev::LoopWait, 0);
         let gen = self.dispatch_gen.load(Ordering::Relaxed);
@@ -471,6 +498,8 @@ impl AioContext {
         }
         let _guard = ContextGuard { ctx: self };
         self.dispatch(&events[..n], Poller::IoThread);
+        // Read before the guard's drop, whose release check clears the flag.
+        carry.quiet_left = self.shared.has_unscanned_quiet_work();
     }
 
     /// Creates a bottom half that runs `cb` on this context. Any thread.

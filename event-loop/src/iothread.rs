@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+use crate::context::IoThreadCarry;
 use crate::{AioContext, Error};
 
 /// A thread running the iothread loop on a context.
@@ -26,9 +27,10 @@ impl IoThread {
         let handle = thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                let mut carry = IoThreadCarry::default();
                 // Acquire pairs with the Release store in `stop`.
                 while !s.load(Ordering::Acquire) {
-                    c.iothread_iteration();
+                    c.iothread_iteration(&mut carry);
                 }
             })
             .map_err(|source| Error::SpawnThread {

@@ -1,7 +1,7 @@
 //! Functional tests of the public API: BHs, fd handlers, timers, the pool, IoThread.
 
 use std::os::unix::io::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -579,4 +579,73 @@ fn a_bh_may_wait_for_an_inline_pool_job_while_the_completion_bh_is_in_its_batch(
         "delivered in the same pass"
     );
     drop(caller);
+}
+
+/// One link of an endless chain of inline jobs, each completion starting the next
+/// (a device whose every request runs inline on the iothread).
+fn inline_chain(ctx: Arc<AioContext>, links: Arc<AtomicUsize>, stop: Arc<AtomicBool>) {
+    let guard = ctx.acquire();
+    let next = ctx.clone();
+    ctx.thread_pool().run_inline(
+        &guard,
+        || (),
+        move |()| {
+            links.fetch_add(1, Ordering::SeqCst);
+            if !stop.load(Ordering::SeqCst) {
+                inline_chain(next, links, stop);
+            }
+        },
+    );
+}
+
+/// The iothread skips asking the kernel for fd events while its own dispatches
+/// leave quiet work (inline requests), but only for a bounded number of passes:
+/// under an endless chain of inline jobs an fd handler still runs, promptly.
+#[test]
+fn endless_inline_work_does_not_starve_fd_handlers() {
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    let (links, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    inline_chain(ctx.clone(), links.clone(), stop.clone());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while links.load(Ordering::SeqCst) < 1000 {
+        assert!(
+            Instant::now() < deadline,
+            "the chain never ran on the iothread"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let kick = Arc::new(EventFd::new(EFD_NONBLOCK).unwrap());
+    let (hits, get_hits) = counter();
+    let k = kick.clone();
+    ctx.set_fd_handler(
+        kick.as_raw_fd(),
+        Some(Box::new(move || {
+            let _ = k.read();
+            hits.fetch_add(1, Ordering::SeqCst);
+        })),
+        None,
+    )
+    .unwrap();
+    for round in 1..=20 {
+        kick.write(1).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while get_hits() < round {
+            assert!(
+                Instant::now() < deadline,
+                "fd handler starved by inline work (round {round}):\n{}",
+                ctx.trace_dump()
+            );
+            std::thread::yield_now();
+        }
+    }
+    let before = links.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(links.load(Ordering::SeqCst) > before, "the chain stopped");
+    stop.store(true, Ordering::SeqCst);
+    ctx.remove_fd_handler(kick.as_raw_fd());
+    io.stop();
 }
