@@ -346,6 +346,24 @@ impl MockDriver {
             .expect("used_event");
     }
 
+    /// Whether `queue` has used entries not taken yet. Call it after an empty
+    /// [`MockDriver::take_used_into`] and before sleeping on the interrupt: it
+    /// re-reads the used index after a full fence, pairing with the device's
+    /// fence between writing the used index and reading `used_event`, so
+    /// either the device saw the new `used_event` (and will interrupt) or this
+    /// sees its entries. With that, a driver may block on the interrupt with
+    /// no timeout.
+    pub fn used_pending(&self, queue: usize) -> bool {
+        let q = self.queues[queue].as_ref().expect("queue not set up");
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let used_idx: u16 = u16::from_le(
+            self.mem
+                .load(GuestAddress(q.used.0 + 2), Ordering::Acquire)
+                .expect("used idx"),
+        );
+        used_idx != q.last_used
+    }
+
     /// Waits until `count` used entries arrived on `queue` (or panics after
     /// `timeout`, naming what was missing: the watchdog of the harness tests).
     pub fn wait_used(&mut self, queue: usize, count: usize, timeout: Duration) -> Vec<(u16, u32)> {
