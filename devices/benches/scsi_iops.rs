@@ -23,8 +23,11 @@
 //! slows the run, so leave it off when timing.
 //!
 //! Run: `cargo bench -p devices --bench scsi_iops` (env `SCSI_BENCH_SECS`,
-//! default 3; `SCSI_BENCH_ROUNDS`, default 3, alternating device and fio and
+//! default 3; `SCSI_BENCH_ROUNDS`, default 5, alternating device and fio and
 //! keeping the best of each; `SCSI_BENCH_ENGINES`, default `io_uring,threads`).
+//! Next to the best-of ratio the bench prints the median of the rounds' own
+//! ratios (each device run against the fio run right after it), which a single
+//! disturbed run moves less.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::Command;
@@ -432,7 +435,7 @@ fn main() {
     let rounds: usize = std::env::var("SCSI_BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(5);
     let engines = std::env::var("SCSI_BENCH_ENGINES").unwrap_or_else(|_| "io_uring,threads".into());
     COUNT_ALLOCS.store(
         std::env::var("SCSI_BENCH_ALLOCS").is_ok_and(|v| v == "1"),
@@ -454,6 +457,8 @@ fn main() {
         // shared, and a transient burst of other work should not pick the winner.
         let mut devices = Vec::new();
         let mut fios = Vec::new();
+        // Each round's device/fio ratio (only rounds where fio ran).
+        let mut paired = Vec::new();
         let mut device_cpus = Vec::new();
         let mut fio_cpus = Vec::new();
         for _ in 0..rounds {
@@ -461,6 +466,7 @@ fn main() {
             devices.push(rate);
             device_cpus.push(cpu);
             if let Some((fio, cpu)) = run_fio(fio_engine, secs) {
+                paired.push(rate / fio);
                 fios.push(fio);
                 fio_cpus.push(cpu);
             }
@@ -503,6 +509,15 @@ fn main() {
                 device / fio,
                 samples(&devices),
                 samples(&fios)
+            );
+            let ratios = paired
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!(
+                "aio={engine:<8} paired ratio (each device run / the fio run after it): median {:.2}x   [{ratios}]",
+                median(paired.clone())
             );
         }
     }
