@@ -19,7 +19,7 @@ use crate::blkdebug::{FaultInjector, Verdict};
 use crate::bounce::BounceBuffer;
 use crate::engine::io_uring::UringEngine;
 use crate::engine::threads::ThreadsEngine;
-use crate::engine::{Completion, Engine, Request};
+use crate::engine::{Completion, Engine, Request, Segments};
 use crate::iovec::{total_len, MAX_SEGMENTS};
 use crate::options::{AioMode, BlockOptions, DiscardMode};
 use crate::raw::RawFile;
@@ -178,6 +178,7 @@ impl BlockBackend {
         iov: Vec<IoVec>,
         done: impl FnOnce(IoResult) + Send + 'static,
     ) {
+        let iov = Segments::Many(iov);
         self.submit(Request::Read { offset, iov }, self.counted(done));
     }
 
@@ -191,6 +192,7 @@ impl BlockBackend {
         done: impl FnOnce(IoResult) + Send + 'static,
     ) {
         let fua = mode == WriteMode::Fua;
+        let iov = Segments::Many(iov);
         self.submit(Request::Write { offset, iov, fua }, self.counted(done));
     }
 
@@ -319,7 +321,7 @@ impl BlockBackend {
             Request::Read { offset, iov } if !iov.iter().all(|v| v.is_aligned(align)) => {
                 let len = total_len(&iov) as usize;
                 let bounce = BounceBuffer::new(len, align);
-                let inner = vec![bounce.iovec(len)];
+                let inner = Segments::One(bounce.iovec(len));
                 let done: Completion = Box::new(move |result| {
                     if let Ok(n) = result {
                         bounce.scatter(&iov, n);
@@ -333,7 +335,7 @@ impl BlockBackend {
                 let len = total_len(&iov) as usize;
                 let mut bounce = BounceBuffer::new(len, align);
                 bounce.gather(&iov);
-                let inner = vec![bounce.iovec(len)];
+                let inner = Segments::One(bounce.iovec(len));
                 let done: Completion = Box::new(move |result| {
                     drop(bounce);
                     done(result);
@@ -349,12 +351,6 @@ impl BlockBackend {
             }
             req => (req, done),
         }
-    }
-
-    /// Runs completions already available without entering the event loop (io_uring
-    /// only). Caller holds the context lock.
-    pub(crate) fn reap(&self) {
-        self.engine.reap();
     }
 }
 

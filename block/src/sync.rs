@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::backend::{IoResult, WriteMode, ZeroMode};
-use crate::engine::Request;
+use crate::engine::{Request, Segments};
 use crate::{BlockBackend, BlockError, IoVec};
 
 /// Aborts the process if a synchronous wait unwinds while its request still runs:
@@ -51,9 +51,6 @@ impl BlockBackend {
         // runs it on this thread, see `engine::threads`).
         crate::engine::submit_at_once(|| self.submit(req, done));
         let guard = InFlightGuard(&slot);
-        // Completions that are already there (io_uring finishing inline) need no
-        // trip through the event loop.
-        self.reap();
         ctx.poll_while(|| !slot.done.load(Ordering::Acquire));
         drop(guard);
         let result = slot.result.lock().unwrap_or_else(|p| p.into_inner()).take();
@@ -67,7 +64,7 @@ impl BlockBackend {
         let iov = unsafe { IoVec::new(buf.as_mut_ptr(), buf.len()) };
         self.run_sync(Request::Read {
             offset,
-            iov: vec![iov],
+            iov: Segments::One(iov),
         })
     }
 
@@ -86,7 +83,7 @@ impl BlockBackend {
         let iov = unsafe { IoVec::new(buf.as_ptr().cast_mut(), buf.len()) };
         self.run_sync(Request::Write {
             offset,
-            iov: vec![iov],
+            iov: Segments::One(iov),
             fua: mode == WriteMode::Fua,
         })
     }

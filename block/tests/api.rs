@@ -463,7 +463,11 @@ fn memory_backed_small_requests_run_on_the_submitter() {
                 flag.store(true, Ordering::SeqCst);
             });
             ctx.poll_while(|| !done.load(Ordering::SeqCst));
-            assert_eq!(ctx.thread_pool().workers(), 1, "the big write used a worker");
+            assert_eq!(
+                ctx.thread_pool().workers(),
+                1,
+                "the big write used a worker"
+            );
         }
         drop(bufs);
     }

@@ -34,7 +34,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::threads::ThreadsEngine;
 use super::{advance, Completion, Engine, Request};
-use crate::iovec::{IoVec, MAX_SEGMENTS};
+use crate::iovec::MAX_SEGMENTS;
 use crate::raw::RawFile;
 use crate::{BlockError, Op};
 
@@ -222,10 +222,6 @@ impl Engine for UringEngine {
             }
         }
     }
-
-    fn reap(&self) {
-        self.shared.reap();
-    }
 }
 
 impl Drop for UringEngine {
@@ -248,11 +244,9 @@ impl Ring {
     ) -> Result<(), (BlockError, Completion)> {
         let op = req.op();
         let offset = req.offset();
-        // `into_iter().map().collect()` between types of one layout reuses the
-        // request's buffer: no allocation per request.
         let (vecs, fua): (Vec<libc::iovec>, bool) = match req {
-            Request::Read { iov, .. } => (iov.into_iter().map(IoVec::to_libc).collect(), false),
-            Request::Write { iov, fua, .. } => (iov.into_iter().map(IoVec::to_libc).collect(), fua),
+            Request::Read { iov, .. } => (iov.into_libc(), false),
+            Request::Write { iov, fua, .. } => (iov.into_libc(), fua),
             _ => (Vec::new(), false),
         };
         let total = vecs.iter().map(|v: &libc::iovec| v.iov_len).sum();
@@ -523,6 +517,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+    use crate::engine::Segments;
     use crate::{BlockOptions, IoVec};
 
     const BS: usize = 4096;
@@ -547,7 +542,7 @@ mod tests {
         for (i, buf) in bufs.iter_mut().enumerate() {
             // SAFETY: the buffers outlive the requests: the tests wait for every
             // completion before dropping them.
-            let iov = vec![unsafe { IoVec::new(buf.as_mut_ptr(), BS) }];
+            let iov = Segments::One(unsafe { IoVec::new(buf.as_mut_ptr(), BS) });
             let good = Arc::clone(&good);
             let req = Request::Read {
                 offset: (i * BS) as u64,
@@ -636,7 +631,7 @@ mod tests {
             let base = zapped[i * BS..].as_ptr().cast_mut();
             // SAFETY: `zapped` outlives the requests (waited for below), and the
             // write only reads through the pointer.
-            let iov = vec![unsafe { IoVec::new(base, BS) }];
+            let iov = Segments::One(unsafe { IoVec::new(base, BS) });
             let req = Request::Write {
                 offset: (i * BS) as u64,
                 iov,

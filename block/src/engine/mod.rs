@@ -39,16 +39,46 @@ pub(crate) fn submitting_at_once() -> bool {
     AT_ONCE.with(Cell::get)
 }
 
+/// A request's segments: one held inline (the synchronous helpers, bounce
+/// buffers: no allocation) or a caller's list.
+#[derive(Debug)]
+pub(crate) enum Segments {
+    One(IoVec),
+    Many(Vec<IoVec>),
+}
+
+impl std::ops::Deref for Segments {
+    type Target = [IoVec];
+
+    fn deref(&self) -> &[IoVec] {
+        match self {
+            Segments::One(one) => std::slice::from_ref(one),
+            Segments::Many(list) => list,
+        }
+    }
+}
+
+impl Segments {
+    /// The segments as a `libc::iovec` list; a caller's list is converted in
+    /// place (same layout: no allocation).
+    pub(crate) fn into_libc(self) -> Vec<libc::iovec> {
+        match self {
+            Segments::One(one) => vec![one.to_libc()],
+            Segments::Many(list) => list.into_iter().map(IoVec::to_libc).collect(),
+        }
+    }
+}
+
 /// A request as an engine sees it.
 #[derive(Debug)]
 pub(crate) enum Request {
     Read {
         offset: u64,
-        iov: Vec<IoVec>,
+        iov: Segments,
     },
     Write {
         offset: u64,
-        iov: Vec<IoVec>,
+        iov: Segments,
         fua: bool,
     },
     Flush,
@@ -100,11 +130,6 @@ pub(crate) type Completion = Box<dyn FnOnce(Result<usize, BlockError>) + Send>;
 pub(crate) trait Engine: Send + Sync {
     /// Starts `req`; `done` later runs on the context. Any thread.
     fn submit(&self, req: Request, done: Completion);
-
-    /// Runs the completions that are already available, on this thread. Caller holds
-    /// the context lock. Engines whose completions only arrive through the context
-    /// (the thread pool) have nothing to do here.
-    fn reap(&self) {}
 }
 
 /// Moves the cursor `(vecs, first)` forward by `n` transferred bytes, trimming the
