@@ -3,9 +3,10 @@
 //! them. `block_backend.rs` implements it for `block::BlockBackend`; tests use
 //! `MemBackend` (feature `test-utils`).
 //!
-//! Contract: requests complete by calling their [`IoCompletion`] exactly once, on
-//! the thread that dispatches the device's `AioContext` (the iothread, or a
-//! nested poller) — possibly even before `submit` returns.
+//! Contract: requests complete through [`IoCompletion::complete`], which
+//! consumes the completion (so it runs once), on the thread that dispatches
+//! the device's `AioContext` (the iothread, or a nested poller) — possibly even
+//! before `submit` returns.
 
 use std::fmt;
 
@@ -114,7 +115,7 @@ pub trait ScsiBackend: Send + Sync {
     fn read_only(&self) -> bool;
     /// UNMAP and WRITE SAME with UNMAP reach the image as discards.
     fn discard(&self) -> bool;
-    /// Starts `request`; `done` runs once on the context's dispatching thread.
+    /// Starts `request`; `done` is completed once, on the context's dispatching thread.
     ///
     /// # Safety
     ///
