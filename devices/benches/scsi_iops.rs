@@ -295,6 +295,29 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
     let mut iothread_tid = None;
     let end = Instant::now() + Duration::from_millis(300) + Duration::from_secs(secs);
     let mut used = Vec::with_capacity(QUEUE_DEPTH);
+    // The driver blocks on the irqfd without a timeout: should the device ever
+    // lose an interrupt, fail loudly instead of hanging.
+    let progress = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicBool::new(false));
+    {
+        let (progress, finished) = (Arc::clone(&progress), Arc::clone(&finished));
+        // Detached: it notices `finished` within 10 s and ends.
+        std::thread::spawn(move || {
+            let mut last = u64::MAX;
+            while !finished.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_secs(10));
+                let now = progress.load(Ordering::Relaxed);
+                if now == last && !finished.load(Ordering::Relaxed) {
+                    eprintln!(
+                        "scsi_iops: no completion for 10 s ({now} rounds done): the mock \
+                         driver is waiting for an interrupt the device never sent"
+                    );
+                    std::process::exit(2);
+                }
+                last = now;
+            }
+        });
+    }
     loop {
         driver.take_used_into(QUEUE, &mut used);
         if used.is_empty() {
@@ -306,6 +329,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
             continue;
         }
         rounds += 1;
+        progress.store(rounds, Ordering::Relaxed);
         for &(head, len) in &used {
             if len != RESPONSE_SIZE + BLOCK {
                 errors += 1;
@@ -333,6 +357,7 @@ fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
             break;
         }
     }
+    finished.store(true, Ordering::Relaxed);
     let cpu_end = cpu_now(iothread_tid);
     let stats_end = stats.read().unwrap_or_default();
     let allocs = ALLOCS.load(Ordering::Relaxed) - allocs_start;
