@@ -141,9 +141,9 @@ impl RawFile {
 /// Whether `fd` lives on a file system without backing storage. An error counts
 /// as "no": the file is then treated like any other.
 fn is_memory_file_system(fd: RawFd) -> bool {
-    const TMPFS_MAGIC: i64 = 0x0102_1994;
-    const RAMFS_MAGIC: i64 = 0x8584_58f6;
-    const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+    const TMPFS_MAGIC: u32 = 0x0102_1994;
+    const RAMFS_MAGIC: u32 = 0x8584_58f6;
+    const HUGETLBFS_MAGIC: u32 = 0x9584_58f6;
     let mut st = std::mem::MaybeUninit::<libc::statfs>::uninit();
     // SAFETY: fstatfs fills the statfs buffer, which outlives the call.
     let ret = unsafe { libc::fstatfs(fd, st.as_mut_ptr()) };
@@ -151,7 +151,10 @@ fn is_memory_file_system(fd: RawFd) -> bool {
         return false;
     }
     // SAFETY: fstatfs returned 0, so it initialised the buffer.
-    let f_type: i64 = unsafe { st.assume_init() }.f_type;
+    let st = unsafe { st.assume_init() };
+    // `f_type`'s integer type differs between libcs and targets; the magic
+    // numbers are 32-bit.
+    let f_type = st.f_type as u32;
     [TMPFS_MAGIC, RAMFS_MAGIC, HUGETLBFS_MAGIC].contains(&f_type)
 }
 

@@ -407,12 +407,11 @@ fn a_failed_requests_callback_may_wait_for_another_failed_request() {
     );
 }
 
-/// aio=threads on a memory-backed file (tmpfs): small async requests from a
-/// context-lock holder are copies that run on the submitter, so a chain of them
-/// (each callback submitting the next, as a device does) starts no pool worker,
-/// and every callback still runs later, on the context, never inside `submit`.
-/// A request above the inline limit, and any request on a disk file, still goes
-/// to a worker.
+/// aio=threads on a memory-backed file (tmpfs): small async writes submitted by
+/// a context-lock holder run on the submitter, so 64 of them start no pool
+/// worker, and every callback still runs later, from the holder's poll, never
+/// inside `submit`. A request above the inline limit, and any request on a disk
+/// file, still goes to a worker.
 #[test]
 fn memory_backed_small_requests_run_on_the_submitter() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -471,4 +470,89 @@ fn memory_backed_small_requests_run_on_the_submitter() {
         }
         drop(bufs);
     }
+}
+
+/// A lock holder that submits small tmpfs reads inline and lets the lock go
+/// without polling: the completions it queued quietly must not stay stranded;
+/// the release wakes the sleeping iothread, which runs them. With the release
+/// check switched off (fault q) they do stay stranded: the control shows the test
+/// can see the failure.
+#[test]
+fn inline_requests_left_unpolled_complete_on_the_iothread() {
+    let (done, on_iothread, workers) = inline_reads_then_release(false, Duration::from_secs(10));
+    assert_eq!(done, 16, "stranded completions");
+    assert_eq!(on_iothread, 16);
+    assert_eq!(workers, 0, "reads went to a worker");
+    let (stranded_done, _, _) = inline_reads_then_release(true, Duration::from_millis(300));
+    assert_eq!(
+        stranded_done, 0,
+        "control: without the release check nothing wakes the iothread"
+    );
+}
+
+/// Submits 16 inline reads under the lock with the iothread asleep, lets the lock
+/// go, and counts the completions within `window`: (completed, of those on the
+/// iothread, pool workers started). Stops the iothread (its stop kick runs what
+/// was stranded) before the buffers go.
+fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let _wd = common::deadline(Duration::from_secs(30));
+    let img = image_in("/dev/shm", MIB);
+    img.as_file().write_all_at(&[0x3c; 4096], 0).unwrap();
+    let ctx = AioContext::new().unwrap();
+    let options = opts(AioMode::Threads, CacheMode::Writeback);
+    let b = BlockBackend::open(img.path(), &options, ctx.clone()).unwrap();
+    let iothread = IoThread::spawn("blk-inline-io", ctx.clone()).unwrap();
+    let asleep_by = std::time::Instant::now() + Duration::from_secs(5);
+    while ctx.sleepers() == 0 {
+        assert!(
+            std::time::Instant::now() < asleep_by,
+            "iothread never slept"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    ctx.set_fault(event_loop::Fault::QuietReleaseSkipsWake, fault_q);
+    let good = Arc::new(AtomicUsize::new(0));
+    let on_iothread = Arc::new(AtomicUsize::new(0));
+    let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; 4096]).collect();
+    {
+        let _g = ctx.acquire();
+        for buf in bufs.iter_mut() {
+            let iov = vec![seg(buf, 0, 4096)];
+            let (good, on_io) = (Arc::clone(&good), Arc::clone(&on_iothread));
+            let ptr = buf.as_ptr() as usize;
+            b.aio_readv(0, iov, move |r| {
+                assert_eq!(r.unwrap(), 4096);
+                // SAFETY: the buffer lives until every completion ran (the
+                // iothread is stopped, running what is left, before `bufs` goes).
+                let data = unsafe { std::slice::from_raw_parts(ptr as *const u8, 4096) };
+                if data.iter().all(|&x| x == 0x3c) {
+                    good.fetch_add(1, Ordering::SeqCst);
+                }
+                if std::thread::current().name() == Some("blk-inline-io") {
+                    on_io.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+        assert_eq!(
+            good.load(Ordering::SeqCst),
+            0,
+            "a callback ran inside submit"
+        );
+    }
+    let deadline = std::time::Instant::now() + window;
+    while good.load(Ordering::SeqCst) < 16 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let result = (
+        good.load(Ordering::SeqCst),
+        on_iothread.load(Ordering::SeqCst),
+        ctx.thread_pool().workers(),
+    );
+    ctx.set_fault(event_loop::Fault::QuietReleaseSkipsWake, false);
+    iothread.stop();
+    assert_eq!(b.in_flight(), 0, "stop ran the stranded completions");
+    drop(b);
+    drop(bufs);
+    result
 }

@@ -257,3 +257,11 @@ fn io_uring_cache_none_on_disk() {
 fn io_uring_writeback_on_tmpfs() {
     run("/dev/shm", AioMode::IoUring, CacheMode::Writeback);
 }
+
+/// aio=threads on tmpfs: reads, writes and flushes (at most 16 KiB here) run
+/// inline on the iothread while discards and write-zeroes go to workers, mixed
+/// in one run.
+#[test]
+fn threads_writeback_on_tmpfs() {
+    run("/dev/shm", AioMode::Threads, CacheMode::Writeback);
+}

@@ -373,7 +373,7 @@ impl AioContext {
             "AioContext::poll_while without the context lock"
         );
         if self.shared.has_unscanned_quiet_work() {
-            self.dispatch(&[], Poller::Nested);
+            self.dispatch_bhs_only(Poller::Nested, 1);
         }
         while cond() {
             self.poll(true);
@@ -409,6 +409,16 @@ impl AioContext {
             shared.core.retire();
         }
         n
+    }
+
+    /// A dispatch of BHs only, for a caller whose own quiet work is pending
+    /// (`poll_while`'s first pass, the iothread after an inline request): no
+    /// `epoll_wait`, so the notifier is not cleared and fd handlers and expired
+    /// timers wait for the next full pass; they are level-triggered and stay
+    /// ready. `streak` (passes in a row) goes to the trace. Lock held.
+    fn dispatch_bhs_only(&self, who: Poller, streak: u32) -> bool {
+        self.shared.trace.record(Ev::BhOnlyPass, i64::from(streak));
+        self.dispatch(&[], who)
     }
 
     /// The second half (lock held): clear the notifier if it fired, run fd
@@ -474,13 +484,13 @@ impl AioContext {
             // Our last dispatch left quiet work (a request it ran inline, whose
             // completion BH it scheduled): only a BH pass is needed. Asking the
             // kernel for fd events first would be one syscall per request; fd
-            // events are level-triggered and wait at most MAX_BH_ONLY_PASSES
-            // passes. To the protocol this is a poll whose `epoll_wait(0)` found
+            // events and expired timers are level-triggered and wait at most
+            // MAX_BH_ONLY_PASSES passes. To the protocol this is a poll whose `epoll_wait(0)` found
             // nothing, which can always happen.
             carry.bh_only_passes += 1;
             self.ctx_lock.lock();
             let _guard = ContextGuard { ctx: self };
-            self.dispatch(&[], Poller::IoThread);
+            self.dispatch_bhs_only(Poller::IoThread, carry.bh_only_passes);
             carry.quiet_left = self.shared.has_unscanned_quiet_work();
             return;
         }

@@ -141,12 +141,15 @@ impl ThreadPool {
     }
 
     /// Runs `work` on the calling thread now and queues `done(result)` on the
-    /// completion BH as a worker would, for a context-lock holder that would
-    /// otherwise only sleep in its nested poll until a worker ran the job (the
-    /// block layer's synchronous helpers). The completion is delivered by that
-    /// poll, like any other; no thread is woken for it (the BH is scheduled
-    /// quietly: the caller's own poll runs it, and dropping `held` before polling
-    /// wakes the sleepers after all). Saves two cross-thread wake-ups a request.
+    /// completion BH as a worker would, for a context-lock holder for whom a
+    /// worker would not help: one that would only sleep in its nested poll
+    /// until the worker ran the job (the block layer's synchronous helpers), or
+    /// whose job is a copy cheaper than the hand-off (the block layer's small
+    /// requests on memory-backed files). The completion is delivered by the
+    /// caller's next poll, like any other; no thread is woken for it (the BH is
+    /// scheduled quietly: the caller's own poll, or the iothread's next pass,
+    /// runs it, and dropping `held` before polling wakes the sleepers after all).
+    /// Saves two cross-thread wake-ups a request.
     pub fn run_inline<R: Send + 'static>(
         &self,
         held: &crate::ContextGuard<'_>,

@@ -43,6 +43,9 @@ pub(crate) enum Ev {
     FdDispatch,
     /// A timer ran.
     TimerFire,
+    /// A pass that runs BHs only, without asking the kernel for events (the
+    /// caller left quiet work); arg = such passes in a row.
+    BhOnlyPass,
 }
 
 impl Ev {
@@ -60,6 +63,7 @@ impl Ev {
             NotifierCleared,
             FdDispatch,
             TimerFire,
+            BhOnlyPass,
         ]
         .into_iter()
         .find(|e| *e as u8 == v)

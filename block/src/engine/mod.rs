@@ -40,7 +40,8 @@ pub(crate) fn submitting_at_once() -> bool {
 }
 
 /// A request's segments: one held inline (the synchronous helpers, bounce
-/// buffers: no allocation) or a caller's list.
+/// buffers: no `Vec` to build; the io_uring engine still makes one for its
+/// in-flight state) or a caller's list.
 #[derive(Debug)]
 pub(crate) enum Segments {
     One(IoVec),
