@@ -407,69 +407,69 @@ fn a_failed_requests_callback_may_wait_for_another_failed_request() {
     );
 }
 
-/// aio=threads on a memory-backed file (tmpfs): small async writes submitted by
-/// a context-lock holder run on the submitter, so 64 of them start no pool
-/// worker, and every callback still runs later, from the holder's poll, never
-/// inside `submit`. A request above the inline limit, and any request on a disk
-/// file, still goes to a worker.
+/// aio=threads on a memory-backed file (tmpfs): small async writes that a
+/// context-lock holder submits in one go run on the submitter while they are
+/// few; from four on, half of them go to one worker as a single job. Every
+/// callback still runs later, from the holder's poll, never inside `submit`. A
+/// request above the inline limit, and any request on a disk file, goes to a
+/// worker.
 #[test]
 fn memory_backed_small_requests_run_on_the_submitter() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let _wd = common::deadline(Duration::from_secs(30));
-    for (dir, inline_expected) in [("/dev/shm", true), ("/var/tmp", false)] {
-        let img = image_in(dir, 4 * MIB);
-        let ctx = AioContext::new().unwrap();
-        let options = opts(AioMode::Threads, CacheMode::Writeback);
-        let b = Arc::new(BlockBackend::open(img.path(), &options, ctx.clone()).unwrap());
-        let completed = Arc::new(AtomicUsize::new(0));
-        let in_submit = Arc::new(AtomicBool::new(false));
-        let mut bufs: Vec<Vec<u8>> = (0..64u8).map(|i| vec![i; 4096]).collect();
-        {
-            let _g = ctx.acquire();
-            for (i, buf) in bufs.iter_mut().enumerate() {
-                let iov = vec![seg(buf, 0, 4096)];
-                let (done, nested) = (Arc::clone(&completed), Arc::clone(&in_submit));
-                in_submit.store(true, Ordering::SeqCst);
-                b.aio_writev(i as u64 * 4096, iov, WriteMode::Normal, move |r| {
-                    assert!(!nested.load(Ordering::SeqCst), "callback ran inside submit");
-                    assert_eq!(r.unwrap(), 4096);
-                    done.fetch_add(1, Ordering::SeqCst);
-                });
-                in_submit.store(false, Ordering::SeqCst);
-            }
-            ctx.poll_while(|| completed.load(Ordering::SeqCst) < 64);
-        }
-        assert_eq!(
-            ctx.thread_pool().workers() == 0,
-            inline_expected,
-            "{dir}: workers {}",
-            ctx.thread_pool().workers()
-        );
-        for i in [0u64, 31, 63] {
-            let mut got = [0u8; 4096];
-            img.as_file().read_exact_at(&mut got, i * 4096).unwrap();
-            assert!(got.iter().all(|&x| x == i as u8), "{dir}: block {i}");
-        }
-        if inline_expected {
-            // 1 MiB is above the inline limit: a worker copies it.
-            let mut big = vec![0x5au8; MIB as usize];
-            let iov = vec![seg(&mut big, 0, MIB as usize)];
-            let done = Arc::new(AtomicBool::new(false));
-            let flag = Arc::clone(&done);
-            let _g = ctx.acquire();
-            b.aio_writev(MIB, iov, WriteMode::Normal, move |r| {
-                assert_eq!(r.unwrap(), MIB as usize);
-                flag.store(true, Ordering::SeqCst);
+    assert_eq!(
+        write_batch("/dev/shm", 3, 4096),
+        0,
+        "tmpfs, 3 writes: all inline"
+    );
+    assert_eq!(
+        write_batch("/dev/shm", 64, 4096),
+        1,
+        "tmpfs, 64 writes: one job for the shared half"
+    );
+    assert_eq!(
+        write_batch("/dev/shm", 1, MIB as usize),
+        1,
+        "tmpfs, 1 MiB: a worker"
+    );
+    assert!(write_batch("/var/tmp", 3, 4096) >= 1, "disk: workers");
+}
+
+/// Submits `count` writes of `len` bytes under the lock on a fresh context,
+/// polls until all completed, checks the file, and returns the pool workers
+/// started.
+fn write_batch(dir: &str, count: usize, len: usize) -> usize {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let img = image_in(dir, 4 * MIB);
+    let ctx = AioContext::new().unwrap();
+    let options = opts(AioMode::Threads, CacheMode::Writeback);
+    let b = BlockBackend::open(img.path(), &options, ctx.clone()).unwrap();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let in_submit = Arc::new(AtomicBool::new(false));
+    let mut bufs: Vec<Vec<u8>> = (0..count).map(|i| vec![i as u8 + 1; len]).collect();
+    {
+        let _g = ctx.acquire();
+        for (i, buf) in bufs.iter_mut().enumerate() {
+            let iov = vec![seg(buf, 0, len)];
+            let (done, nested) = (Arc::clone(&completed), Arc::clone(&in_submit));
+            in_submit.store(true, Ordering::SeqCst);
+            b.aio_writev((i * len) as u64, iov, WriteMode::Normal, move |r| {
+                assert!(!nested.load(Ordering::SeqCst), "callback ran inside submit");
+                assert_eq!(r.unwrap(), len);
+                done.fetch_add(1, Ordering::SeqCst);
             });
-            ctx.poll_while(|| !done.load(Ordering::SeqCst));
-            assert_eq!(
-                ctx.thread_pool().workers(),
-                1,
-                "the big write used a worker"
-            );
+            in_submit.store(false, Ordering::SeqCst);
         }
-        drop(bufs);
+        ctx.poll_while(|| completed.load(Ordering::SeqCst) < count);
     }
+    for i in [0, count / 2, count - 1] {
+        let mut got = vec![0u8; len];
+        img.as_file()
+            .read_exact_at(&mut got, (i * len) as u64)
+            .unwrap();
+        assert!(got.iter().all(|&x| x == i as u8 + 1), "{dir}: write {i}");
+    }
+    drop(bufs);
+    ctx.thread_pool().workers()
 }
 
 /// A lock holder that submits small tmpfs reads inline and lets the lock go
@@ -480,8 +480,8 @@ fn memory_backed_small_requests_run_on_the_submitter() {
 #[test]
 fn inline_requests_left_unpolled_complete_on_the_iothread() {
     let (done, on_iothread, workers) = inline_reads_then_release(false, Duration::from_secs(10));
-    assert_eq!(done, 16, "stranded completions");
-    assert_eq!(on_iothread, 16);
+    assert_eq!(done, 3, "stranded completions");
+    assert_eq!(on_iothread, 3);
     assert_eq!(workers, 0, "reads went to a worker");
     let (stranded_done, _, _) = inline_reads_then_release(true, Duration::from_millis(300));
     assert_eq!(
@@ -490,10 +490,10 @@ fn inline_requests_left_unpolled_complete_on_the_iothread() {
     );
 }
 
-/// Submits 16 inline reads under the lock with the iothread asleep, lets the lock
+/// Submits 3 small reads under the lock with the iothread asleep, lets the lock
 /// go, and counts the completions within `window`: (completed, of those on the
-/// iothread, pool workers started). Stops the iothread (its stop kick runs what
-/// was stranded) before the buffers go.
+/// iothread, pool workers started). Then stops the iothread and drops the
+/// backend, whose drop runs whatever is still stranded, before the buffers go.
 fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, usize) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let _wd = common::deadline(Duration::from_secs(30));
@@ -514,7 +514,9 @@ fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, 
     ctx.set_fault(event_loop::Fault::QuietReleaseSkipsWake, fault_q);
     let good = Arc::new(AtomicUsize::new(0));
     let on_iothread = Arc::new(AtomicUsize::new(0));
-    let mut bufs: Vec<Vec<u8>> = (0..16).map(|_| vec![0u8; 4096]).collect();
+    // Three: one runs at once, two wait for the dispatch's end (too few to share
+    // with a worker), so everything stays on the submitter and the iothread.
+    let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
     {
         let _g = ctx.acquire();
         for buf in bufs.iter_mut() {
@@ -541,7 +543,7 @@ fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, 
         );
     }
     let deadline = std::time::Instant::now() + window;
-    while good.load(Ordering::SeqCst) < 16 && std::time::Instant::now() < deadline {
+    while good.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     let result = (
@@ -551,8 +553,10 @@ fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, 
     );
     ctx.set_fault(event_loop::Fault::QuietReleaseSkipsWake, false);
     iothread.stop();
-    assert_eq!(b.in_flight(), 0, "stop ran the stranded completions");
+    // Dropping the backend polls until nothing of it is in flight: stranded
+    // completions are late, never lost.
     drop(b);
+    assert_eq!(good.load(Ordering::SeqCst), 3, "a completion was lost");
     drop(bufs);
     result
 }

@@ -95,9 +95,11 @@ impl BottomHalf {
     }
 
     /// `schedule` by the context-lock holder that will poll the context before it
-    /// drops `_held` (the pool's inline jobs): published without a wake-up (see
-    /// `Shared::publish_quiet`).
-    pub(crate) fn schedule_quiet(&self, held: &crate::ContextGuard<'_>) {
+    /// drops `held` (the pool's inline jobs, work a dispatch queues for its own
+    /// next pass): published without a wake-up (see `Shared::publish_quiet`); if
+    /// the holder lets the lock go without polling, the release wakes the
+    /// sleepers after all. Panics if `held` guards another context.
+    pub fn schedule_quiet(&self, held: &crate::ContextGuard<'_>) {
         assert!(
             held.guards(&self.handle.inner.shared),
             "schedule_quiet with another context's guard"

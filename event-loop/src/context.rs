@@ -630,6 +630,13 @@ impl AioContext {
         })
     }
 
+    /// A number that changes with every dispatch (every poll pass that ran
+    /// handlers and BHs), so a handler can tell whether two calls came from the
+    /// same dispatch.
+    pub fn dispatch_generation(&self) -> u64 {
+        self.dispatch_gen.load(Ordering::Relaxed)
+    }
+
     /// How many times the notifier eventfd was written (a syscall each).
     pub fn eventfd_writes(&self) -> u64 {
         self.shared.eventfd_writes.load(Ordering::Relaxed)

@@ -2,10 +2,11 @@
 //! the pool runs the completion on the context. Also the executor io_uring falls
 //! back to for discard and write-zeroes.
 
+use std::cell::Cell;
 use std::os::unix::io::RawFd;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
-use event_loop::AioContext;
+use event_loop::{AioContext, BottomHalf};
 
 use super::{advance, Completion, Engine, Request};
 use crate::bounce::BounceBuffer;
@@ -17,35 +18,51 @@ use crate::{BlockError, Op};
 /// (about 10 µs of copying); bigger ones are worth a worker.
 const INLINE_MAX_BYTES: u64 = 128 << 10;
 
+/// Plugged requests from one dispatch below this many all run inline; from this
+/// many on, half go to one worker as a single job (one hand-off for the lot), so
+/// a deep queue keeps a second CPU busy.
+const SHARE_FROM: usize = 4;
+
+thread_local! {
+    /// (context, dispatch generation, memory-backed requests seen in it).
+    static DISPATCH_RUN: Cell<(usize, u64, u32)> = const { Cell::new((0, u64::MAX, 0)) };
+}
+
 /// The thread-pool engine.
 pub(crate) struct ThreadsEngine {
     ctx: Arc<AioContext>,
+    plug: Arc<Plug>,
+    share_bh: BottomHalf,
+}
+
+/// Memory-backed requests queued by a dispatch for its end (`Plug::share`).
+struct Plug {
     file: Arc<RawFile>,
+    queued: Mutex<Vec<(Request, Completion)>>,
+    ctx: Weak<AioContext>,
 }
 
 impl ThreadsEngine {
     pub(crate) fn new(ctx: Arc<AioContext>, file: Arc<RawFile>) -> ThreadsEngine {
-        ThreadsEngine { ctx, file }
+        let plug = Arc::new(Plug {
+            file,
+            queued: Mutex::new(Vec::new()),
+            ctx: Arc::downgrade(&ctx),
+        });
+        let bh_plug = Arc::clone(&plug);
+        let share_bh = ctx.new_bh("block-threads-share", move || bh_plug.share());
+        ThreadsEngine {
+            ctx,
+            plug,
+            share_bh,
+        }
     }
 
-    /// Whether the submitting thread should run `req` itself instead of handing
-    /// it to a worker. Only a context-lock holder may (the completion is queued
-    /// for its own next BH pass, see `ThreadPool::run_inline`), and only when the
-    /// worker would not help:
-    /// - a synchronous helper would just sleep in its nested poll meanwhile;
-    /// - on a memory-backed file a small read, write or flush is a copy of a few
-    ///   microseconds that cannot wait for a device, while the hand-off to a
-    ///   worker and back costs two cross-thread wake-ups, several times more.
-    ///   This is the same bet io_uring makes when it tries a request inline
-    ///   before punting it to io-wq.
-    fn runs_inline(&self, req: &Request) -> bool {
-        if !self.ctx.is_held_by_current_thread() {
-            return false;
-        }
-        if super::submitting_at_once() {
-            return true;
-        }
-        self.file.is_memory_backed()
+    /// Whether `req` is a copy on a memory-backed file that a context-lock holder
+    /// should not hand to a worker one by one: the hand-off and back costs two
+    /// cross-thread wake-ups, several times the few microseconds of the copy.
+    fn is_small_memory_copy(&self, req: &Request) -> bool {
+        self.plug.file.is_memory_backed()
             && matches!(
                 req,
                 Request::Read { .. } | Request::Write { .. } | Request::Flush
@@ -54,16 +71,83 @@ impl ThreadsEngine {
     }
 }
 
+impl Plug {
+    /// The share BH (lock held): of the requests plugged by the last dispatch,
+    /// hands half to one worker as a single job when there are enough, and runs
+    /// the rest on this thread. The worker's part goes first, so it copies while
+    /// we do.
+    fn share(&self) {
+        let mut batch = std::mem::take(&mut *self.queued.lock().unwrap());
+        let Some(ctx) = self.ctx.upgrade() else {
+            return;
+        };
+        let pool = ctx.thread_pool();
+        if batch.len() >= SHARE_FROM {
+            let theirs: Vec<(Request, Completion)> = batch.drain(..batch.len() / 2).collect();
+            let file = Arc::clone(&self.file);
+            let _job = pool.submit(
+                move || {
+                    theirs
+                        .into_iter()
+                        .map(|(req, done)| (done, execute(&file, &req)))
+                        .collect::<Vec<_>>()
+                },
+                |results| {
+                    for (done, result) in results {
+                        done(result);
+                    }
+                },
+            );
+        }
+        let held = ctx.acquire();
+        for (req, done) in batch {
+            pool.run_inline(&held, || execute(&self.file, &req), done);
+        }
+    }
+}
+
 impl Engine for ThreadsEngine {
     fn submit(&self, req: Request, done: Completion) {
-        if self.runs_inline(&req) {
-            // The completion still reaches the callback through the pool's BH, on
-            // this context, never inside this call.
+        if self.ctx.is_held_by_current_thread() {
             let held = self.ctx.acquire();
             let pool = self.ctx.thread_pool();
-            return pool.run_inline(&held, || execute(&self.file, &req), done);
+            if super::submitting_at_once() {
+                // A synchronous helper would only sleep in its nested poll while
+                // a worker ran this: it runs it itself. The completion still
+                // reaches it through the pool's BH and that poll.
+                return pool.run_inline(&held, || execute(&self.plug.file, &req), done);
+            }
+            if self.is_small_memory_copy(&req) {
+                // The first such request of a dispatch runs now (the whole of a
+                // queue-depth-1 load); later ones wait for the dispatch's end,
+                // where `Plug::share` splits them with a worker. Either way the
+                // completion runs later, on the context, never inside this call.
+                let ctx_id = Arc::as_ptr(&self.ctx) as usize;
+                let gen = self.ctx.dispatch_generation();
+                let nth = DISPATCH_RUN.with(|run| {
+                    let (id, seen, count) = run.get();
+                    let count = if (id, seen) == (ctx_id, gen) {
+                        count + 1
+                    } else {
+                        1
+                    };
+                    run.set((ctx_id, gen, count));
+                    count
+                });
+                if nth == 1 {
+                    return pool.run_inline(&held, || execute(&self.plug.file, &req), done);
+                }
+                let mut queued = self.plug.queued.lock().unwrap();
+                queued.push((req, done));
+                let first = queued.len() == 1;
+                drop(queued);
+                if first {
+                    self.share_bh.schedule_quiet(&held);
+                }
+                return;
+            }
         }
-        let file = Arc::clone(&self.file);
+        let file = Arc::clone(&self.plug.file);
         let _job = self
             .ctx
             .thread_pool()
