@@ -78,9 +78,11 @@ impl Plug {
     /// we do.
     fn share(&self) {
         let mut batch = std::mem::take(&mut *self.queued.lock().unwrap());
-        let Some(ctx) = self.ctx.upgrade() else {
-            return;
-        };
+        // A BH runs only on a live context.
+        let ctx = self
+            .ctx
+            .upgrade()
+            .expect("the share BH runs on its own context");
         let pool = ctx.thread_pool();
         if batch.len() >= SHARE_FROM {
             let theirs: Vec<(Request, Completion)> = batch.drain(..batch.len() / 2).collect();
