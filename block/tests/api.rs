@@ -560,3 +560,64 @@ fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, 
     drop(bufs);
     result
 }
+
+/// Submits 8 small tmpfs reads under the lock (one runs at once, seven are
+/// plugged; the share step gives the first three of those to a worker as one
+/// job) and lets request 1's callback, the first of the worker's part, run
+/// `in_callback`, which waits for the backend's other requests. Those must stay
+/// deliverable from the nested poll: fails (instead of hanging) after 5 s.
+fn callback_waits_for_siblings(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let img = image_in("/dev/shm", 4 * MIB);
+    let (tx, rx) = mpsc::channel();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&completed);
+    let path = img.path().to_path_buf();
+    std::thread::spawn(move || {
+        let ctx = AioContext::new().unwrap();
+        let options = opts(AioMode::Threads, CacheMode::Writeback);
+        let b = Arc::new(BlockBackend::open(&path, &options, ctx.clone()).unwrap());
+        let slot: Arc<Mutex<Option<Arc<BlockBackend>>>> = Arc::new(Mutex::new(None));
+        let n = 8;
+        {
+            let _g = ctx.acquire();
+            for i in 0..n {
+                // Leaked: the buffers must outlive a test that may have failed.
+                let buf: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
+                let iov = vec![seg(buf, 0, 4096)];
+                let (done, slot) = (Arc::clone(&counter), Arc::clone(&slot));
+                b.aio_readv((i * 4096) as u64, iov, move |r| {
+                    r.unwrap();
+                    done.fetch_add(1, Ordering::SeqCst);
+                    if i == 1 {
+                        let mut held = slot.lock().unwrap().take();
+                        in_callback(&mut held);
+                    }
+                });
+            }
+            *slot.lock().unwrap() = Some(b);
+            ctx.poll_while(|| counter.load(Ordering::SeqCst) < n);
+        }
+        tx.send(()).unwrap();
+    });
+    let r = rx.recv_timeout(Duration::from_secs(5));
+    assert!(
+        r.is_ok(),
+        "hang: {} of 8 completed",
+        completed.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+/// A callback in the worker's part of a shared batch drains the backend.
+#[test]
+fn a_shared_batch_callback_may_drain_the_backend() {
+    callback_waits_for_siblings(|b| b.as_ref().expect("backend").drain());
+}
+
+/// A callback in the worker's part of a shared batch drops the last reference
+/// to the backend, whose drop waits for every request in flight.
+#[test]
+fn a_shared_batch_callback_may_drop_the_backend() {
+    callback_waits_for_siblings(|b| drop(b.take()));
+}

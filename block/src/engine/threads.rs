@@ -77,16 +77,18 @@ impl Plug {
     /// the rest on this thread. The worker's part goes first, so it copies while
     /// we do.
     fn share(&self) {
-        let mut batch = std::mem::take(&mut *self.queued.lock().unwrap());
-        // A BH runs only on a live context.
+        // A BH runs only on a live context (taken before the batch, so nothing
+        // is dropped should that ever not hold).
         let ctx = self
             .ctx
             .upgrade()
             .expect("the share BH runs on its own context");
+        let mut batch = std::mem::take(&mut *self.queued.lock().unwrap());
         let pool = ctx.thread_pool();
         if batch.len() >= SHARE_FROM {
             let theirs: Vec<(Request, Completion)> = batch.drain(..batch.len() / 2).collect();
             let file = Arc::clone(&self.file);
+            let weak_ctx = Arc::downgrade(&ctx);
             let _job = pool.submit(
                 move || {
                     theirs
@@ -94,9 +96,19 @@ impl Plug {
                         .map(|(req, done)| (done, execute(&file, &req)))
                         .collect::<Vec<_>>()
                 },
-                |results| {
+                move |results| {
+                    // Not the callbacks themselves: one of them may wait in a
+                    // nested poll for a later one (drain, dropping the backend),
+                    // which this loop would own further up the stack. Each goes
+                    // back on the pool's completion queue on its own, where the
+                    // re-entrant completion BH delivers it, from nested polls too.
+                    let ctx = weak_ctx
+                        .upgrade()
+                        .expect("pool completions run on their live context");
+                    let held = ctx.acquire();
+                    let pool = ctx.thread_pool();
                     for (done, result) in results {
-                        done(result);
+                        pool.run_inline(&held, move || result, done);
                     }
                 },
             );
