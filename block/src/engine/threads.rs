@@ -69,9 +69,34 @@ impl ThreadsEngine {
             )
             && req.len() <= INLINE_MAX_BYTES
     }
+
+    /// How many small memory copies this thread has submitted to this context in
+    /// its current dispatch, this one included.
+    fn nth_in_this_dispatch(&self) -> u32 {
+        let ctx_id = Arc::as_ptr(&self.ctx) as usize;
+        let gen = self.ctx.dispatch_generation();
+        DISPATCH_RUN.with(|run| {
+            let (id, seen, count) = run.get();
+            let count = if (id, seen) == (ctx_id, gen) {
+                count + 1
+            } else {
+                1
+            };
+            run.set((ctx_id, gen, count));
+            count
+        })
+    }
 }
 
 impl Plug {
+    /// Queues a request for `share`; true if it is the first since the last
+    /// share (the caller schedules the BH).
+    fn push(&self, req: Request, done: Completion) -> bool {
+        let mut queued = self.queued.lock().unwrap();
+        queued.push((req, done));
+        queued.len() == 1
+    }
+
     /// The share BH (lock held): of the requests plugged by the last dispatch,
     /// hands half to one worker as a single job when there are enough, and runs
     /// the rest on this thread. The worker's part goes first, so it copies while
@@ -136,26 +161,10 @@ impl Engine for ThreadsEngine {
                 // queue-depth-1 load); later ones wait for the dispatch's end,
                 // where `Plug::share` splits them with a worker. Either way the
                 // completion runs later, on the context, never inside this call.
-                let ctx_id = Arc::as_ptr(&self.ctx) as usize;
-                let gen = self.ctx.dispatch_generation();
-                let nth = DISPATCH_RUN.with(|run| {
-                    let (id, seen, count) = run.get();
-                    let count = if (id, seen) == (ctx_id, gen) {
-                        count + 1
-                    } else {
-                        1
-                    };
-                    run.set((ctx_id, gen, count));
-                    count
-                });
-                if nth == 1 {
+                if self.nth_in_this_dispatch() == 1 {
                     return pool.run_inline(&held, || execute(&self.plug.file, &req), done);
                 }
-                let mut queued = self.plug.queued.lock().unwrap();
-                queued.push((req, done));
-                let first = queued.len() == 1;
-                drop(queued);
-                if first {
+                if self.plug.push(req, done) {
                     self.share_bh.schedule_quiet(&held);
                 }
                 return;
