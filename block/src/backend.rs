@@ -9,9 +9,10 @@
 //! Callbacks run on the backend's context with the context lock held, on whichever
 //! thread polls it (the iothread, or a thread in a nested poll).
 
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use event_loop::{AioContext, BottomHalf};
 
@@ -49,29 +50,66 @@ pub type IoResult = Result<usize, BlockError>;
 
 /// Runs callbacks of requests refused before reaching the engine, on the context.
 struct Deferred {
-    queue: Arc<Mutex<Vec<(Completion, IoResult)>>>,
-    bh: BottomHalf,
+    inner: Arc<DeferredInner>,
+}
+
+struct DeferredInner {
+    queue: Mutex<VecDeque<(Completion, IoResult)>>,
+    /// Set once at creation; the BH's closure reaches it through a `Weak`.
+    bh: OnceLock<BottomHalf>,
 }
 
 impl Deferred {
     fn new(ctx: &Arc<AioContext>) -> Deferred {
-        let queue: Arc<Mutex<Vec<(Completion, IoResult)>>> = Arc::default();
-        let bh_queue = Arc::clone(&queue);
-        // Re-entrant: a completion that waits for a synchronous request which
-        // itself completes here (it failed its checks) needs this BH to run again
-        // inside its nested poll.
+        let inner = Arc::new(DeferredInner {
+            queue: Mutex::default(),
+            bh: OnceLock::new(),
+        });
+        let weak = Arc::downgrade(&inner);
+        // Re-entrant, and one callback at a time with the BH rescheduled while more
+        // remain (as the pool's completion BH does): a callback may wait in a
+        // nested poll for another refused request (a synchronous one it makes, or
+        // a sibling queued behind it, as `drain` and dropping the backend do), and
+        // that nested poll must be able to deliver it.
         let bh = ctx.new_reentrant_bh("block-deferred-completions", move || {
-            let ready = std::mem::take(&mut *bh_queue.lock().unwrap());
-            for (done, result) in ready {
-                done(result);
+            if let Some(inner) = weak.upgrade() {
+                inner.run();
             }
         });
-        Deferred { queue, bh }
+        let _ = inner.bh.set(bh);
+        Deferred { inner }
     }
 
     fn complete(&self, done: Completion, result: IoResult) {
-        self.queue.lock().unwrap().push((done, result));
-        self.bh.schedule();
+        self.inner.queue.lock().unwrap().push_back((done, result));
+        self.inner.schedule();
+    }
+}
+
+impl DeferredInner {
+    fn schedule(&self) {
+        if let Some(bh) = self.bh.get() {
+            bh.schedule();
+        }
+    }
+
+    /// The BH's body: delivers at most the callbacks queued when it started, so
+    /// a callback that refuses another request cannot keep one dispatch going.
+    fn run(&self) {
+        let mut budget = self.queue.lock().unwrap().len();
+        while budget > 0 {
+            budget -= 1;
+            let mut queue = self.queue.lock().unwrap();
+            let Some((done, result)) = queue.pop_front() else {
+                break;
+            };
+            let more = !queue.is_empty();
+            drop(queue);
+            if more {
+                self.schedule();
+            }
+            done(result);
+        }
     }
 }
 

@@ -407,6 +407,64 @@ fn a_failed_requests_callback_may_wait_for_another_failed_request() {
     );
 }
 
+/// Two requests refused by their checks wait in the same deferred-completion
+/// batch; the first one's callback runs `in_callback`, which waits for the
+/// second (draining the backend, or dropping its last reference). The nested
+/// poll must deliver the sibling: fails (instead of hanging) after 5 s.
+fn refused_callback_waits_for_sibling(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+    let img = image_in("/var/tmp", MIB);
+    let (tx, rx) = mpsc::channel();
+    let completed = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&completed);
+    let path = img.path().to_path_buf();
+    std::thread::spawn(move || {
+        let ctx = AioContext::new().unwrap();
+        let options = opts(AioMode::Threads, CacheMode::Writeback);
+        let b = Arc::new(BlockBackend::open(&path, &options, ctx.clone()).unwrap());
+        let slot: Arc<Mutex<Option<Arc<BlockBackend>>>> = Arc::new(Mutex::new(None));
+        {
+            let _g = ctx.acquire();
+            for i in 0..2 {
+                let (done, slot) = (Arc::clone(&counter), Arc::clone(&slot));
+                // Beyond the end: refused, completed by the deferred BH.
+                b.aio_readv(2 * MIB, Vec::new(), move |r| {
+                    assert!(r.is_err(), "beyond the end must fail");
+                    if i == 0 {
+                        let mut held = slot.lock().unwrap().take();
+                        in_callback(&mut held);
+                    }
+                    done.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+            *slot.lock().unwrap() = Some(b);
+            ctx.poll_while(|| counter.load(Ordering::SeqCst) < 2);
+        }
+        tx.send(()).unwrap();
+    });
+    let r = rx.recv_timeout(Duration::from_secs(5));
+    assert!(
+        r.is_ok(),
+        "hang: {} of 2 refused requests completed",
+        completed.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+/// A refused request's callback drains the backend while a sibling refused
+/// request waits behind it in the same batch.
+#[test]
+fn a_refused_requests_callback_may_drain_the_backend() {
+    refused_callback_waits_for_sibling(|b| b.as_ref().expect("backend").drain());
+}
+
+/// A refused request's callback drops the backend's last reference (whose drop
+/// waits for the requests in flight) while a sibling waits behind it.
+#[test]
+fn a_refused_requests_callback_may_drop_the_backend() {
+    refused_callback_waits_for_sibling(|b| drop(b.take()));
+}
+
 /// aio=threads on a memory-backed file (tmpfs): small async writes that a
 /// context-lock holder submits in one go run on the submitter while they are
 /// few; from four on, half of them go to one worker as a single job. Every
