@@ -17,7 +17,7 @@
 //!   context lock (a nested poll draining in-flight I/O) with the controller lock
 //!   *released*.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
@@ -34,6 +34,7 @@ use super::backend::{BackendError, BackendRequest, HostBuf, IoCompletion, ScsiBa
 use super::commands::{self, IoPlan, Outcome};
 use super::constants::*;
 use super::disk::{DiskGeometry, LunState, ScsiDiskConfig};
+use super::in_flight::{InFlight, InFlightTable, Slot};
 use super::request::{
     self, parse_control_request, parse_lun, ChainBuffers, ControlRequest, GuestRange, RequestError,
     CMD_REQUEST_HEADER_SIZE, CMD_RESPONSE_HEADER_SIZE,
@@ -136,23 +137,6 @@ struct Lun {
     backend: Arc<dyn ScsiBackend>,
 }
 
-/// A request whose disk I/O is in flight.
-struct PendingIo {
-    queue: usize,
-    head: u16,
-    writable: Vec<GuestRange>,
-    /// Bytes of data-in / data-out buffer the driver supplied.
-    buffer_len: u64,
-    /// Bytes the command moves (read into data-in when `is_read`).
-    transfer: u64,
-    is_read: bool,
-    error_sense: Sense,
-    /// Counted in `queue_slow_in_flight`.
-    slow: bool,
-    seq: u64,
-    epoch: u64,
-}
-
 /// The disk requests of one command: nearly always one (no list to allocate).
 enum Requests {
     One(BackendRequest),
@@ -163,7 +147,8 @@ enum Requests {
 struct Submission {
     backend: Arc<dyn ScsiBackend>,
     requests: Requests,
-    pending: PendingIo,
+    /// The command's entry in `ScsiState::in_flight`.
+    slot: Slot,
     /// Host memory some requests point into (WRITE SAME pattern).
     bounce: Option<Vec<u8>>,
 }
@@ -187,13 +172,6 @@ struct Reply {
     data_written: u64,
 }
 
-/// Identifies an in-flight request for ABORT TASK / QUERY TASK.
-#[derive(Clone, Copy)]
-struct InFlight {
-    lun_index: usize,
-    tag: u64,
-}
-
 /// Everything the iothread and the vCPU share, behind one lock.
 struct ScsiState {
     /// Shared so a pass over a ring can hold it beside `&mut self` without
@@ -211,7 +189,8 @@ struct ScsiState {
     /// Bumped on reset: completions of an older epoch leave the rings alone.
     epoch: u64,
     next_seq: u64,
-    in_flight: BTreeMap<u64, InFlight>,
+    /// Commands at the disk; a completion names its command's slot.
+    in_flight: InFlightTable,
     /// Emptied range lists of finished commands, for the next chains' buffers
     /// (saves two allocations per command).
     spare_ranges: Vec<Vec<GuestRange>>,
@@ -374,7 +353,7 @@ impl VirtioScsi {
             config_shadow: [VIRTIO_SCSI_SENSE_DEFAULT_SIZE, VIRTIO_SCSI_CDB_DEFAULT_SIZE],
             epoch: 0,
             next_seq: 0,
-            in_flight: BTreeMap::new(),
+            in_flight: InFlightTable::default(),
             spare_ranges: Vec::new(),
             pending_tmfs: Vec::new(),
             pending_events: VecDeque::new(),
@@ -702,7 +681,7 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
     let Submission {
         backend,
         requests,
-        pending,
+        slot,
         bounce,
     } = submission;
     let requests = match requests {
@@ -711,7 +690,7 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
             // and no box for the completion.
             let done = IoCompletion::command(CommandCompletion {
                 shared: Arc::clone(shared),
-                pending,
+                slot,
             });
             // SAFETY: as below — the buffers point into guest memory that stays
             // mapped and owned by the device until `complete_io` returns the chain.
@@ -721,7 +700,7 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
         Requests::Many(mut many) if many.len() == 1 && bounce.is_none() => {
             let done = IoCompletion::command(CommandCompletion {
                 shared: Arc::clone(shared),
-                pending,
+                slot,
             });
             if let Some(request) = many.pop() {
                 // SAFETY: as below.
@@ -736,7 +715,7 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
     let join = Arc::new(Mutex::new(Join {
         left: parts,
         result: Ok(0),
-        pending: Some(pending),
+        slot: Some(slot),
         _bounce: bounce,
     }));
     for request in requests {
@@ -752,13 +731,13 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
                     (Err(_), _) => {}
                 }
                 if join.left == 0 {
-                    join.pending.take().map(|p| (p, join.result.clone()))
+                    join.slot.take().map(|slot| (slot, join.result.clone()))
                 } else {
                     None
                 }
             };
-            if let Some((pending, result)) = finished {
-                shared.lock().complete_io(pending, result);
+            if let Some((slot, result)) = finished {
+                shared.lock().complete_io(slot, result);
             }
         });
         // SAFETY: every HostBuf points into guest memory (kept mapped: the
@@ -775,12 +754,12 @@ fn start_io(shared: &Arc<Shared>, submission: Submission) {
 /// The completion of a command's single disk request: finishes the command.
 pub(super) struct CommandCompletion {
     shared: Arc<Shared>,
-    pending: PendingIo,
+    slot: Slot,
 }
 
 impl CommandCompletion {
     pub(super) fn run(self, result: Result<usize, BackendError>) {
-        self.shared.lock().complete_io(self.pending, result);
+        self.shared.lock().complete_io(self.slot, result);
     }
 }
 
@@ -788,7 +767,8 @@ impl CommandCompletion {
 struct Join {
     left: usize,
     result: Result<usize, BackendError>,
-    pending: Option<PendingIo>,
+    /// The command, until the last part has completed.
+    slot: Option<Slot>,
     _bounce: Option<Vec<u8>>,
 }
 
@@ -1257,29 +1237,25 @@ impl ScsiState {
                 *count += 1;
             }
         }
-        self.in_flight.insert(
+        let slot = self.in_flight.insert(InFlight {
+            queue,
+            head,
+            writable,
+            buffer_len: if is_read { data_in_len } else { data_out_len },
+            transfer,
+            is_read,
+            error_sense,
+            slow,
             seq,
-            InFlight {
-                lun_index,
-                tag: cmd.id,
-            },
-        );
+            epoch: self.epoch,
+            lun_index,
+            tag: cmd.id,
+        });
         self.recycle_ranges(buffers.readable);
         Some(Submission {
             backend: Arc::clone(&self.luns[lun_index].backend),
             requests,
-            pending: PendingIo {
-                queue,
-                head,
-                writable,
-                buffer_len: if is_read { data_in_len } else { data_out_len },
-                transfer,
-                is_read,
-                error_sense,
-                slow,
-                seq,
-                epoch: self.epoch,
-            },
+            slot,
             bounce,
         })
     }
@@ -1353,8 +1329,12 @@ impl ScsiState {
     }
 
     /// A disk request finished (iothread, context lock held).
-    fn complete_io(&mut self, pending: PendingIo, result: Result<usize, BackendError>) {
-        self.in_flight.remove(&pending.seq);
+    fn complete_io(&mut self, slot: Slot, result: Result<usize, BackendError>) {
+        let Some(pending) = self.in_flight.remove(slot) else {
+            // Each command's completion runs once and only it frees the slot.
+            warn!("virtio-scsi: internal error: completion of an empty in-flight slot");
+            return;
+        };
         if let Some(count) = self.queue_in_flight.get_mut(pending.queue) {
             *count = count.saturating_sub(1);
         }
@@ -1521,8 +1501,9 @@ impl ScsiState {
                 let task = self
                     .in_flight
                     .iter()
-                    .find(|(_, f)| on_lun(f) && f.tag == id)
-                    .map(|(&seq, _)| seq);
+                    .filter(|f| on_lun(f) && f.tag == id)
+                    .map(|f| f.seq)
+                    .min();
                 (task.map(|seq| seq + 1), VIRTIO_SCSI_S_OK)
             }
             VIRTIO_SCSI_T_TMF_ABORT_TASK_SET | VIRTIO_SCSI_T_TMF_CLEAR_TASK_SET => {
@@ -1543,7 +1524,7 @@ impl ScsiState {
                 (Some(self.next_seq), VIRTIO_SCSI_S_OK)
             }
             VIRTIO_SCSI_T_TMF_QUERY_TASK => {
-                let found = self.in_flight.values().any(|f| on_lun(f) && f.tag == id);
+                let found = self.in_flight.iter().any(|f| on_lun(f) && f.tag == id);
                 (
                     None,
                     if found {
@@ -1554,7 +1535,7 @@ impl ScsiState {
                 )
             }
             VIRTIO_SCSI_T_TMF_QUERY_TASK_SET => {
-                let found = self.in_flight.values().any(on_lun);
+                let found = self.in_flight.iter().any(on_lun);
                 (
                     None,
                     if found {
@@ -1577,7 +1558,7 @@ impl ScsiState {
             return Some(VIRTIO_SCSI_S_INCORRECT_LUN);
         }
         match wait_below {
-            Some(bound) if self.in_flight.keys().next().is_some_and(|&min| min < bound) => {
+            Some(bound) if self.in_flight.oldest_seq().is_some_and(|min| min < bound) => {
                 self.pending_tmfs.push(PendingTmf {
                     head,
                     writable: writable.to_vec(),
@@ -1596,7 +1577,7 @@ impl ScsiState {
         if self.pending_tmfs.is_empty() {
             return;
         }
-        let oldest = self.in_flight.keys().next().copied().unwrap_or(u64::MAX);
+        let oldest = self.in_flight.oldest_seq().unwrap_or(u64::MAX);
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_tmfs)
             .into_iter()
             .partition(|t| oldest >= t.wait_below);

@@ -1,7 +1,8 @@
 //! virtio-scsi: the controller (`device.rs`), its request and control-queue
 //! parsing (`request.rs`), and the SCSI disk emulation split by concern — CDB
 //! decoding (`cdb.rs`), the command set (`commands.rs`), sense data (`sense.rs`),
-//! per-LUN state (`disk.rs`) and the I/O interface (`backend.rs`).
+//! per-LUN state (`disk.rs`) and the I/O interface (`backend.rs`); the
+//! controller's table of commands at the disk is `in_flight.rs`.
 
 pub mod backend;
 pub mod block_backend;
@@ -10,6 +11,7 @@ pub mod commands;
 pub mod constants;
 pub mod device;
 pub mod disk;
+mod in_flight;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mem_backend;
 pub mod request;
