@@ -27,7 +27,15 @@ fn config(aio: AioMode) -> SeedConfig {
 }
 
 fn check(aio: AioMode) {
-    match run_seed(&config(aio)) {
+    check_with(aio, |_| {});
+}
+
+fn check_with(aio: AioMode, setup: fn(&std::sync::Arc<event_loop::AioContext>)) {
+    let cfg = SeedConfig {
+        setup,
+        ..config(aio)
+    };
+    match run_seed(&cfg) {
         Ok(stats) => {
             assert_eq!(stats.sync_writes, 2000);
             assert!(stats.async_requests > 0);
@@ -40,6 +48,15 @@ fn check(aio: AioMode) {
 #[test]
 fn nested_poll_writes_with_busy_iothread_threads() {
     check(AioMode::Threads);
+}
+
+/// QEMU's shape, where every thread-pool completion goes through the
+/// completion BH and the notifier (the positive controls' configuration).
+#[test]
+fn nested_poll_writes_with_busy_iothread_threads_completions_by_bh_only() {
+    check_with(AioMode::Threads, |ctx| {
+        ctx.thread_pool().set_workers_deliver(false)
+    });
 }
 
 #[test]

@@ -58,7 +58,7 @@ byte epoch = 0;           /* WakeCore::epoch */
 bool efd = 0;             /* notifier eventfd readable (counter > 0) */
 byte dispatching = 0;     /* Shared::dispatching */
 bit gen = 0;              /* AioContext::dispatch_gen (mod 2) */
-byte owner = 0;           /* RecursiveLock owner: 0 free, 1 iothread, 2 vcpu */
+byte owner = 0;           /* RecursiveLock owner: 0 free, 1 iothread, 2 vcpu, 3 worker */
 bool unscanned = 0;       /* Shared::unscanned_quiet (only the lock holder touches it) */
 /* bh.rs: the SCHEDULED bit (QUEUED folded in: a BH is queued iff scheduled here) */
 bool sched[NBH];
@@ -276,14 +276,26 @@ end_loop:
     od
 }
 
-/* pool.rs PoolInner::worker_loop */
+/* pool.rs PoolInner::worker_loop and PoolInner::deliver. With the context lock
+ * free, the worker delivers its completion itself: a quiet schedule, one BH-only
+ * dispatch as a nested poller, and the release check. Either branch may be taken
+ * whenever the lock is free (set_workers_deliver(false) forces the second), a
+ * superset of the code; when the lock is busy only the second can. */
 active proctype Worker() {
-    byte was;
+    byte was, torun, got, more, q0, q1, q2;
+    bool fired;
 end_idle:
     do
     :: atomic { jobs > 0 -> jobs-- };  /* queue.pop_front() */
        completions++;                  /* completions.lock().push_back(..) */
-       schedule(POOL_BH, was)          /* completion_bh.schedule() */
+       if
+       :: atomic { owner == 0 -> owner = 3 } ->        /* ctx.try_acquire() */
+           schedule_quiet(POOL_BH, was);               /* completion_bh.schedule_quiet(&held) */
+           fired = 0;
+           dispatch(2, fired, torun, got, more, was, q0, q1, q2); /* dispatch_bhs_only(Nested) */
+           release()                                   /* drop(held) */
+       :: schedule(POOL_BH, was)       /* lock busy (or delivery off): completion_bh.schedule() */
+       fi
     od
 }
 

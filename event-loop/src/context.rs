@@ -334,6 +334,12 @@ impl AioContext {
         ContextGuard { ctx: self }
     }
 
+    /// Takes the context lock if it is free (nobody holds it or waits for it),
+    /// without blocking.
+    pub(crate) fn try_acquire(&self) -> Option<ContextGuard<'_>> {
+        self.ctx_lock.try_lock().then(|| ContextGuard { ctx: self })
+    }
+
     /// Whether the calling thread holds the context lock.
     pub fn is_held_by_current_thread(&self) -> bool {
         self.ctx_lock.held_by_me()
@@ -349,6 +355,11 @@ impl AioContext {
             self.ctx_lock.held_by_me(),
             "AioContext::poll without the context lock"
         );
+        if blocking {
+            // A pool worker delivering completions must not wait for work that
+            // only it could pick up.
+            crate::pool::before_blocking_poll();
+        }
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
         let n = self.prepare_and_wait(blocking, &mut events);
         self.dispatch(&events[..n], Poller::Nested)
@@ -416,7 +427,7 @@ impl AioContext {
     /// `epoll_wait`, so the notifier is not cleared and fd handlers and expired
     /// timers wait for the next full pass; they are level-triggered and stay
     /// ready. `streak` (passes in a row) goes to the trace. Lock held.
-    fn dispatch_bhs_only(&self, who: Poller, streak: u32) -> bool {
+    pub(crate) fn dispatch_bhs_only(&self, who: Poller, streak: u32) -> bool {
         self.shared.trace.record(Ev::BhOnlyPass, i64::from(streak));
         self.dispatch(&[], who)
     }

@@ -11,6 +11,7 @@
 //! to the next dispatch), so a dispatch, and the context lock, stays short even
 //! when callbacks keep submitting.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
@@ -42,6 +43,9 @@ struct Job {
 
 struct PoolState {
     queue: VecDeque<Arc<Job>>,
+    /// Whether a worker may deliver its own completion when the context lock is
+    /// free (`PoolInner::deliver`).
+    workers_deliver: bool,
     workers: usize,
     /// Workers asleep on `work_ready`.
     idle: usize,
@@ -52,6 +56,8 @@ struct PoolState {
 }
 
 struct PoolInner {
+    /// The context whose lock a worker takes to deliver its own completion.
+    ctx: Weak<AioContext>,
     state: Mutex<PoolState>,
     work_ready: Condvar,
     completions: Mutex<VecDeque<Completion>>,
@@ -74,7 +80,7 @@ pub struct JobHandle {
 }
 
 impl ThreadPool {
-    pub(crate) fn new(ctx: &AioContext) -> ThreadPool {
+    pub(crate) fn new(ctx: &Arc<AioContext>) -> ThreadPool {
         let inner = Arc::new_cyclic(|weak: &Weak<PoolInner>| {
             let weak = weak.clone();
             let completion_bh = ctx.make_bh(
@@ -86,8 +92,10 @@ impl ThreadPool {
                 })),
             );
             PoolInner {
+                ctx: Arc::downgrade(ctx),
                 state: Mutex::new(PoolState {
                     queue: VecDeque::new(),
+                    workers_deliver: true,
                     workers: 0,
                     idle: 0,
                     max_workers: DEFAULT_MAX_WORKERS,
@@ -124,14 +132,13 @@ impl ThreadPool {
             return JobHandle { job };
         }
         st.queue.push_back(job.clone());
-        let wake = if st.idle >= st.queue.len() {
-            true
-        } else if st.workers < st.max_workers {
-            self.spawn_worker(&mut st);
-            false
-        } else {
-            st.idle > 0
-        };
+        if reserve_for_delivering_worker(&self.inner) {
+            // The worker submitting this from a callback it delivers takes it next
+            // itself: no thread to wake (a queue-depth-1 load then runs like
+            // fio's psync, one sleep a request: the device's).
+            return JobHandle { job };
+        }
+        let wake = self.inner.provide_worker(&mut st);
         // Wake after unlocking, so the woken worker does not block on our mutex.
         drop(st);
         if wake {
@@ -161,25 +168,19 @@ impl ThreadPool {
         self.inner.completion_bh.schedule_quiet(held);
     }
 
-    fn spawn_worker(&self, st: &mut PoolState) {
-        st.handles.retain(|h| !h.is_finished());
-        let inner = self.inner.clone();
-        match thread::Builder::new()
-            .name("pool-worker".into())
-            .spawn(move || inner.worker_loop())
-        {
-            Ok(h) => {
-                st.workers += 1;
-                st.handles.push(h);
-            }
-            Err(e) => error!("event-loop: spawning a pool worker failed: {e}"),
-        }
-    }
-
     /// Sets how long an idle worker waits for work before it exits (takes effect
     /// from each worker's next wait).
     pub fn set_idle_retire(&self, after: Duration) {
         lock(&self.inner.state).idle_retire = after;
+    }
+
+    /// Whether a worker that finds the context lock free delivers its job's
+    /// completion itself (the default) or always leaves it to the completion
+    /// BH, for the iothread or a nested poll to run (QEMU's way; the seed test's
+    /// positive controls need it, since a worker's delivery also runs BHs whose
+    /// wake-up a broken protocol lost, and so hides the hang they look for).
+    pub fn set_workers_deliver(&self, on: bool) {
+        lock(&self.inner.state).workers_deliver = on;
     }
 
     /// Sets the maximum number of worker threads (at least 1).
@@ -211,13 +212,47 @@ impl ThreadPool {
             std::mem::take(&mut st.handles)
         };
         self.inner.work_ready.notify_all();
+        let me = thread::current().id();
         for h in handles {
-            let _ = h.join();
+            // A worker that delivered a completion may hold the last reference to
+            // the context and so run this from its drop: it cannot join itself
+            // (it exits on its own once it sees `shutdown`).
+            if h.thread().id() != me {
+                let _ = h.join();
+            }
         }
     }
 }
 
 impl PoolInner {
+    fn spawn_worker(self: &Arc<Self>, st: &mut PoolState) {
+        st.handles.retain(|h| !h.is_finished());
+        let inner = Arc::clone(self);
+        match thread::Builder::new()
+            .name("pool-worker".into())
+            .spawn(move || inner.worker_loop())
+        {
+            Ok(h) => {
+                st.workers += 1;
+                st.handles.push(h);
+            }
+            Err(e) => error!("event-loop: spawning a pool worker failed: {e}"),
+        }
+    }
+
+    /// After a job was queued: spawns a worker if none is idle for it and the
+    /// limit allows, and returns whether to wake an idle one.
+    fn provide_worker(self: &Arc<Self>, st: &mut PoolState) -> bool {
+        if st.idle >= st.queue.len() {
+            true
+        } else if st.workers < st.max_workers {
+            self.spawn_worker(st);
+            false
+        } else {
+            st.idle > 0
+        }
+    }
+
     fn worker_loop(self: Arc<Self>) {
         let mut st = lock(&self.state);
         loop {
@@ -229,12 +264,17 @@ impl PoolInner {
                 {
                     continue; // cancelled
                 }
+                let may_deliver = st.workers_deliver;
                 drop(st);
                 let work = lock(&job.work).take();
                 if let Some(work) = work {
                     let completion = work();
-                    lock(&self.completions).push_back(completion);
-                    self.completion_bh.schedule();
+                    if may_deliver {
+                        Self::deliver(&self, completion);
+                    } else {
+                        lock(&self.completions).push_back(completion);
+                        self.completion_bh.schedule();
+                    }
                 }
                 st = lock(&self.state);
                 continue;
@@ -255,6 +295,40 @@ impl PoolInner {
             }
         }
         st.workers -= 1;
+    }
+
+    /// Queues a finished job's completion. When the context lock is free, the
+    /// worker delivers it itself, as a nested poll would (a quiet publish, then
+    /// one BH-only pass, exactly what a vCPU's inline job does); otherwise it
+    /// schedules the completion BH for the lock's holder or the iothread. On a
+    /// slow device (O_DIRECT) that saves the iothread's wake-up, one of the three
+    /// sleeps a request used to pay; with the job the callbacks submit kept for
+    /// this worker (`Delivery::reserved`), a second one.
+    fn deliver(self: &Arc<Self>, completion: Completion) {
+        lock(&self.completions).push_back(completion);
+        let Some(ctx) = self.ctx.upgrade() else {
+            return self.completion_bh.schedule();
+        };
+        let Some(held) = ctx.try_acquire() else {
+            return self.completion_bh.schedule();
+        };
+        DELIVERY.with(|d| {
+            *d.borrow_mut() = Some(Delivery {
+                pool: Arc::clone(self),
+                reserved: false,
+                lent: false,
+            })
+        });
+        self.completion_bh.schedule_quiet(&held);
+        ctx.dispatch_bhs_only(crate::context::Poller::Nested, 0);
+        let delivery = DELIVERY.with(|d| d.borrow_mut().take());
+        if delivery.is_some_and(|d| d.lent) {
+            lock(&self.state).workers += 1;
+        }
+        drop(held);
+        // Should that have been the last reference, the context's drop shuts the
+        // pool down from here, which this worker survives (see `shutdown`).
+        drop(ctx);
     }
 
     /// The completion BH's body (context lock held). Re-entrant: a nested poll in
@@ -286,6 +360,63 @@ impl PoolInner {
             }
             q = lock(&self.completions);
         }
+    }
+}
+
+/// A worker delivering completions under the context lock (`PoolInner::deliver`).
+struct Delivery {
+    pool: Arc<PoolInner>,
+    /// The first job a callback submits stays queued for this worker to take
+    /// next, without waking anyone.
+    reserved: bool,
+    /// The worker no longer counts as one: a callback is about to block in a
+    /// nested poll, possibly waiting for a job that needs a worker.
+    lent: bool,
+}
+
+thread_local! {
+    static DELIVERY: RefCell<Option<Delivery>> = const { RefCell::new(None) };
+}
+
+/// True (once per delivery) if this thread is a worker of `pool` delivering
+/// completions, which will take the job just queued itself.
+fn reserve_for_delivering_worker(pool: &Arc<PoolInner>) -> bool {
+    DELIVERY.with(|d| match &mut *d.borrow_mut() {
+        Some(del) if Arc::ptr_eq(&del.pool, pool) && !del.reserved && !del.lent => {
+            del.reserved = true;
+            true
+        }
+        _ => false,
+    })
+}
+
+/// Called before a poll that may block. If this thread is a worker delivering
+/// completions, it stops counting as a worker and makes sure the queued jobs
+/// (its reserved one included) have workers: a callback that waits in a nested
+/// poll for pool work must not wait for itself, whatever `max_workers` is.
+pub(crate) fn before_blocking_poll() {
+    let pool = DELIVERY.with(|d| match &mut *d.borrow_mut() {
+        Some(del) if !del.lent => {
+            del.lent = true;
+            Some(Arc::clone(&del.pool))
+        }
+        _ => None,
+    });
+    let Some(pool) = pool else { return };
+    let mut st = lock(&pool.state);
+    st.workers -= 1;
+    // Jobs no idle worker will take: one new worker each, up to the limit.
+    let unserved = st.queue.len().saturating_sub(st.idle);
+    for _ in 0..unserved {
+        if st.workers >= st.max_workers || st.shutdown {
+            break;
+        }
+        pool.spawn_worker(&mut st);
+    }
+    let wake = st.idle > 0 && !st.queue.is_empty();
+    drop(st);
+    if wake {
+        pool.work_ready.notify_all();
     }
 }
 
@@ -348,6 +479,9 @@ mod tests {
         let delivered = Arc::new(AtomicUsize::new(0));
         const CHAINS: usize = 3;
         const LINKS: usize = 40;
+        // Held throughout, so that no worker delivers its completion itself:
+        // they all wait in the queue for this thread's polls.
+        let guard = ctx.acquire();
         for _ in 0..CHAINS {
             chain(&ctx, &delivered, LINKS - 1);
         }
@@ -359,7 +493,6 @@ mod tests {
             );
             thread::yield_now();
         }
-        let guard = ctx.acquire();
         // Every `done` refills the queue before it returns; an unbounded drain
         // would deliver all CHAINS * LINKS completions in this one poll.
         ctx.poll(false);
@@ -378,5 +511,65 @@ mod tests {
             }
         }
         drop(guard);
+    }
+    /// With nobody polling the context, a finished job's worker takes the free
+    /// lock and runs the completion itself; the job that completion submits
+    /// stays with that worker (no second worker is started or woken).
+    #[test]
+    fn a_worker_delivers_its_own_completion_and_keeps_the_next_job() {
+        let ctx = AioContext::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        fn link(ctx: &Arc<AioContext>, left: usize, tx: std::sync::mpsc::Sender<(String, bool)>) {
+            let c = Arc::clone(ctx);
+            ctx.thread_pool().submit(
+                || (),
+                move |()| {
+                    if left > 0 {
+                        link(&c, left - 1, tx);
+                    } else {
+                        let name = thread::current().name().unwrap_or("").to_string();
+                        tx.send((name, c.is_held_by_current_thread())).unwrap();
+                    }
+                },
+            );
+        }
+        link(&ctx, 49, tx);
+        let (thread_name, held) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("nobody polls: the worker must deliver the completions itself");
+        assert_eq!(thread_name, "pool-worker");
+        assert!(held, "a completion runs with the context lock held");
+        assert_eq!(
+            ctx.thread_pool().workers(),
+            1,
+            "each link's job stayed with the worker that delivered the previous one"
+        );
+    }
+
+    /// A completion running on its worker submits a job and waits for it in a
+    /// nested poll, with one worker allowed: the waiting worker stops counting,
+    /// so another one runs the job (it would otherwise wait for itself).
+    #[test]
+    fn a_delivering_workers_callback_may_wait_for_pool_work() {
+        let ctx = AioContext::new().unwrap();
+        ctx.thread_pool().set_max_workers(1);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = Arc::clone(&ctx);
+        ctx.thread_pool().submit(
+            || (),
+            move |()| {
+                let inner_done = Arc::new(AtomicUsize::new(0));
+                let flag = Arc::clone(&inner_done);
+                c.thread_pool()
+                    .submit(|| 7, move |v| flag.store(v, Ordering::SeqCst));
+                c.poll_while(|| inner_done.load(Ordering::SeqCst) == 0);
+                tx.send(inner_done.load(Ordering::SeqCst)).unwrap();
+            },
+        );
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(7),
+            "the callback's nested wait for pool work never ended"
+        );
     }
 }

@@ -36,7 +36,7 @@ pub struct SeedConfig {
     pub limit: Duration,
     pub depth: DumpDepth,
     /// Called with the context before the run (the positive control turns a fault on).
-    pub setup: fn(&AioContext),
+    pub setup: fn(&Arc<AioContext>),
 }
 
 /// Counters of a finished run.
