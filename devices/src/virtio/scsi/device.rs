@@ -134,7 +134,6 @@ struct Lun {
     lun: u16,
     geometry: DiskGeometry,
     state: LunState,
-    backend: Arc<dyn ScsiBackend>,
 }
 
 /// The disk requests of one command: nearly always one (no list to allocate).
@@ -145,7 +144,8 @@ enum Requests {
 
 /// Disk requests to start once the controller lock is dropped.
 struct Submission {
-    backend: Arc<dyn ScsiBackend>,
+    /// Index into [`Shared::backends`] (and `ScsiState::luns`).
+    lun_index: usize,
     requests: Requests,
     /// The command's entry in `ScsiState::in_flight`.
     slot: Slot,
@@ -258,6 +258,9 @@ impl ScsiStatsReader {
 /// What handlers and completion callbacks hold.
 struct Shared {
     state: Mutex<ScsiState>,
+    /// Each LUN's backend, in `ScsiState::luns` order. Fixed at creation, so
+    /// submissions use it without the lock and without an `Arc` clone each.
+    backends: Vec<Arc<dyn ScsiBackend>>,
 }
 
 impl Shared {
@@ -310,6 +313,7 @@ impl VirtioScsi {
         }
         let max_transfer_sectors = config.max_sectors.max(8);
         let mut luns: Vec<Lun> = Vec::with_capacity(disks.len());
+        let mut backends: Vec<Arc<dyn ScsiBackend>> = Vec::with_capacity(disks.len());
         for disk in disks {
             if u16::from(disk.target) > config.max_target || u32::from(disk.lun) > config.max_lun {
                 return Err(ScsiSetupError::AddressOutOfRange {
@@ -334,8 +338,8 @@ impl VirtioScsi {
                 lun: disk.lun,
                 geometry: DiskGeometry::from_config(&disk, max_transfer_blocks),
                 state: LunState::after_reset(),
-                backend: disk.backend,
             });
+            backends.push(disk.backend);
         }
         let queue_count = FIRST_REQUEST_QUEUE + usize::from(config.num_request_queues);
         let kick_fds = (0..queue_count)
@@ -380,6 +384,7 @@ impl VirtioScsi {
             ctx,
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
+                backends,
             }),
             interrupt,
         })
@@ -679,11 +684,12 @@ fn finish_completions(shared: &Arc<Shared>, index: usize, submissions: &mut Vec<
 /// complete inline). Several requests (UNMAP ranges) complete the command once.
 fn start_io(shared: &Arc<Shared>, submission: Submission) {
     let Submission {
-        backend,
+        lun_index,
         requests,
         slot,
         bounce,
     } = submission;
+    let backend = &shared.backends[lun_index];
     let requests = match requests {
         Requests::One(request) if bounce.is_none() => {
             // The common case (READ/WRITE/flush): one request, no join needed,
@@ -1253,7 +1259,7 @@ impl ScsiState {
         });
         self.recycle_ranges(buffers.readable);
         Some(Submission {
-            backend: Arc::clone(&self.luns[lun_index].backend),
+            lun_index,
             requests,
             slot,
             bounce,
