@@ -517,6 +517,8 @@ impl VirtioDevice for VirtioScsi {
             }
             state.queues = queues;
             state.broken = false;
+            // No BH of the new set is scheduled yet (see `complete_io`).
+            state.needs_notify.fill(false);
             let count = state.queues.len();
             state.completion_bhs = (0..count)
                 .map(|index| {
@@ -1393,10 +1395,14 @@ impl ScsiState {
             }
             // The interrupt decision and the look for new requests happen once
             // per batch of completions, in the queue's bottom half.
+            // `needs_notify` already set means the BH is scheduled and has not
+            // run yet (it clears the flag first, and reset clears both): the
+            // batch's later completions need not schedule it again.
             match self.completion_bhs.get(pending.queue) {
                 Some(Some(bh)) => {
-                    self.needs_notify[pending.queue] = true;
-                    bh.schedule();
+                    if !std::mem::replace(&mut self.needs_notify[pending.queue], true) {
+                        bh.schedule();
+                    }
                 }
                 _ => self.notify_if_needed(pending.queue),
             }
