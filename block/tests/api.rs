@@ -551,22 +551,41 @@ fn write_batch(dir: &str, count: usize, len: usize) -> usize {
 /// can see the failure.
 #[test]
 fn inline_requests_left_unpolled_complete_on_the_iothread() {
-    let (done, on_iothread, workers) = inline_reads_then_release(false, Duration::from_secs(10));
+    let (done, on_iothread, workers) = inline_reads_then_release(3, false, Duration::from_secs(10));
     assert_eq!(done, 3, "stranded completions");
     assert_eq!(on_iothread, 3);
     assert_eq!(workers, 0, "reads went to a worker");
-    let (stranded_done, _, _) = inline_reads_then_release(true, Duration::from_millis(300));
+    let (stranded_done, _, _) = inline_reads_then_release(3, true, Duration::from_millis(300));
     assert_eq!(
         stranded_done, 0,
         "control: without the release check nothing wakes the iothread"
     );
 }
 
-/// Submits 3 small reads under the lock with the iothread asleep, lets the lock
-/// go, and counts the completions within `window`: (completed, of those on the
-/// iothread, pool workers started). Then stops the iothread and drops the
+/// The same with 8 reads, enough for the share step: the plugged seven wait for
+/// the share BH, scheduled quietly, which the woken iothread runs; it gives
+/// part of them to a worker. All complete; with fault (q) none does.
+#[test]
+fn a_shared_batch_left_unpolled_completes() {
+    let (done, _, workers) = inline_reads_then_release(8, false, Duration::from_secs(10));
+    assert_eq!(done, 8, "stranded completions");
+    assert!(workers >= 1, "the share step gave no job to a worker");
+    let (stranded_done, _, _) = inline_reads_then_release(8, true, Duration::from_millis(300));
+    assert_eq!(
+        stranded_done, 0,
+        "control: without the release check nothing wakes the iothread"
+    );
+}
+
+/// Submits `count` small reads under the lock with the iothread asleep, lets the
+/// lock go, and counts the completions within `window`: (completed, of those on
+/// the iothread, pool workers started). Then stops the iothread and drops the
 /// backend, whose drop runs whatever is still stranded, before the buffers go.
-fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, usize) {
+fn inline_reads_then_release(
+    count: usize,
+    fault_q: bool,
+    window: Duration,
+) -> (usize, usize, usize) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let _wd = common::deadline(Duration::from_secs(30));
     let img = image_in("/dev/shm", MIB);
@@ -586,9 +605,10 @@ fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, 
     ctx.set_fault(event_loop::Fault::QuietReleaseSkipsWake, fault_q);
     let good = Arc::new(AtomicUsize::new(0));
     let on_iothread = Arc::new(AtomicUsize::new(0));
-    // Three: one runs at once, two wait for the dispatch's end (too few to share
-    // with a worker), so everything stays on the submitter and the iothread.
-    let mut bufs: Vec<Vec<u8>> = (0..3).map(|_| vec![0u8; 4096]).collect();
+    // With three, one runs at once and two wait for the dispatch's end (too few
+    // to share with a worker), so everything stays on the submitter and the
+    // iothread; from four on the share step hands part of them to a worker.
+    let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; 4096]).collect();
     {
         let _g = ctx.acquire();
         for buf in bufs.iter_mut() {
@@ -615,7 +635,7 @@ fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, 
         );
     }
     let deadline = std::time::Instant::now() + window;
-    while good.load(Ordering::SeqCst) < 3 && std::time::Instant::now() < deadline {
+    while good.load(Ordering::SeqCst) < count && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
     }
     let result = (
@@ -628,7 +648,7 @@ fn inline_reads_then_release(fault_q: bool, window: Duration) -> (usize, usize, 
     // Dropping the backend polls until nothing of it is in flight: stranded
     // completions are late, never lost.
     drop(b);
-    assert_eq!(good.load(Ordering::SeqCst), 3, "a completion was lost");
+    assert_eq!(good.load(Ordering::SeqCst), count, "a completion was lost");
     drop(bufs);
     result
 }
