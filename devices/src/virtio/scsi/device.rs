@@ -963,10 +963,8 @@ impl ScsiState {
             return;
         }
         let spare = &mut self.spare_ranges;
-        let table = DescTable {
-            addr: GuestAddress(queue.desc_table()),
-            size: queue.size(),
-        };
+        // Translated once per pass, not per descriptor.
+        let table = DescTable::new(mem, GuestAddress(queue.desc_table()), queue.size());
         match queue.iter(mem) {
             Ok(iter) => {
                 for chain in iter {
