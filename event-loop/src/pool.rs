@@ -254,6 +254,7 @@ impl PoolInner {
     }
 
     fn worker_loop(self: Arc<Self>) {
+        let _exit = WorkerExit { pool: &self };
         let mut st = lock(&self.state);
         loop {
             if let Some(job) = st.queue.pop_front() {
@@ -316,6 +317,7 @@ impl PoolInner {
             *d.borrow_mut() = Some(Delivery {
                 pool: Arc::clone(self),
                 reserved: false,
+                in_done: false,
                 lent: false,
             })
         });
@@ -354,11 +356,39 @@ impl PoolInner {
                 // even if this callback blocks in a nested poll (QEMU does the same).
                 self.completion_bh.schedule();
             }
+            let outer = set_in_done(true);
             done();
+            set_in_done(outer);
             if budget == 0 {
                 break;
             }
             q = lock(&self.completions);
+        }
+    }
+}
+
+/// Keeps the pool's books when a worker dies by a panic (in a job, or in a
+/// callback it delivers): it stops counting as a worker, and a job queued for
+/// it (such as the one its callback reserved) gets another worker.
+struct WorkerExit<'a> {
+    pool: &'a Arc<PoolInner>,
+}
+
+impl Drop for WorkerExit<'_> {
+    fn drop(&mut self) {
+        if !thread::panicking() {
+            return; // the loop's own exit did the accounting
+        }
+        let delivery = DELIVERY.with(|d| d.try_borrow_mut().ok().and_then(|mut d| d.take()));
+        let lent = delivery.is_some_and(|d| d.lent);
+        let mut st = lock(&self.pool.state);
+        if !lent {
+            st.workers -= 1;
+        }
+        let wake = !st.queue.is_empty() && !st.shutdown && self.pool.provide_worker(&mut st);
+        drop(st);
+        if wake {
+            self.pool.work_ready.notify_one();
         }
     }
 }
@@ -369,6 +399,10 @@ struct Delivery {
     /// The first job a callback submits stays queued for this worker to take
     /// next, without waking anyone.
     reserved: bool,
+    /// A pool completion callback is running (`run_completions`): only its
+    /// submissions are reserved. A job some other BH submits in the same pass
+    /// (the block layer's share step) is meant for a second CPU.
+    in_done: bool,
     /// The worker no longer counts as one: a callback is about to block in a
     /// nested poll, possibly waiting for a job that needs a worker.
     lent: bool,
@@ -382,11 +416,20 @@ thread_local! {
 /// completions, which will take the job just queued itself.
 fn reserve_for_delivering_worker(pool: &Arc<PoolInner>) -> bool {
     DELIVERY.with(|d| match &mut *d.borrow_mut() {
-        Some(del) if Arc::ptr_eq(&del.pool, pool) && !del.reserved && !del.lent => {
+        Some(del) if Arc::ptr_eq(&del.pool, pool) && del.in_done && !del.reserved && !del.lent => {
             del.reserved = true;
             true
         }
         _ => false,
+    })
+}
+
+/// Marks whether a pool completion callback runs on this (delivering) thread;
+/// returns the previous mark. No-op on threads that are not delivering.
+fn set_in_done(on: bool) -> bool {
+    DELIVERY.with(|d| match &mut *d.borrow_mut() {
+        Some(del) => std::mem::replace(&mut del.in_done, on),
+        None => false,
     })
 }
 
@@ -570,6 +613,57 @@ mod tests {
             rx.recv_timeout(Duration::from_secs(5)),
             Ok(7),
             "the callback's nested wait for pool work never ended"
+        );
+    }
+    /// A callback delivered on its worker submits a job and then panics: the
+    /// worker dies, and the job it had reserved still gets a worker.
+    #[test]
+    fn a_job_reserved_by_a_panicking_callback_still_runs() {
+        let ctx = AioContext::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = Arc::clone(&ctx);
+        ctx.thread_pool().submit(
+            || (),
+            move |()| {
+                c.thread_pool()
+                    .submit(move || tx.send(()).unwrap(), |()| {});
+                panic!("a callback panics on purpose (test)");
+            },
+        );
+        assert!(
+            rx.recv_timeout(Duration::from_secs(5)).is_ok(),
+            "the reserved job never ran after its worker died"
+        );
+    }
+    /// A BH that is not a pool completion (the block layer's share step) runs
+    /// in a worker's delivery pass and submits a job it means for a second CPU:
+    /// that job is not kept for the delivering worker, so it starts while the BH
+    /// is still busy.
+    #[test]
+    fn only_completion_callbacks_keep_their_job_for_the_delivering_worker() {
+        let ctx = AioContext::new().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let c = Arc::clone(&ctx);
+        let share = ctx.new_bh("share-like", move || {
+            let started = Arc::new(AtomicUsize::new(0));
+            let flag = Arc::clone(&started);
+            c.thread_pool()
+                .submit(move || flag.store(1, Ordering::SeqCst), |()| {});
+            // "Runs its own half": waits (bounded) for the job to start beside it.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while started.load(Ordering::SeqCst) == 0 && Instant::now() < deadline {
+                thread::yield_now();
+            }
+            tx.send(started.load(Ordering::SeqCst) == 1).unwrap();
+        });
+        share.schedule();
+        // Nobody polls: the worker that finishes this job takes the free lock
+        // and runs the pending BH in its delivery pass.
+        ctx.thread_pool().submit(|| (), |()| {});
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)),
+            Ok(true),
+            "the share-like BH's job waited for the delivering worker"
         );
     }
 }
