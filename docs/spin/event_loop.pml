@@ -21,7 +21,9 @@
  *   The same with `spin -DBUG_A -a event_loop.pml` (failure (a): notify skipped
  *   while "dispatching") and `spin -DBUG_B -a ...` (failure (b): the nested poll
  *   clears the notifier after its scan) and `spin -DBUG_Q -a ...` (the lock holder
- *   lets the lock go after a quiet publish without the release check): each search
+ *   lets the lock go after a quiet publish without the release check) and
+ *   `spin -DBUG_QW -a ...` (only a worker that delivered lets go without it,
+ *   after a callback it ran published quietly): each search
  *   reports errors and writes event_loop.pml.trail; `spin -DBUG_A -t -p
  *   event_loop.pml` replays it.
  *
@@ -132,7 +134,7 @@ inline schedule(b, was) {
 }
 
 /* pool.rs PoolInner::run_completions, the completion BH's body */
-inline run_completions(got, more, was) {
+inline run_completions(who, got, more, was) {
     do
     :: atomic {                        /* completions.lock().pop_front(); more = !is_empty() */
            if
@@ -150,7 +152,13 @@ inline run_completions(got, more, was) {
        fi;
        left--;                         /* done(): the stress test's completion callback */
        if                              /* last one: followup.schedule() */
-       :: left == 0 -> schedule(FOLLOWUP, was)
+       :: left == 0 ->
+           if
+           :: who == 3 -> schedule_quiet(FOLLOWUP, was)  /* run by a delivering worker: a
+                                          callback may publish quietly (run_inline); its
+                                          release check must then wake the sleepers */
+           :: schedule(FOLLOWUP, was)
+           fi
        :: else -> skip
        fi;
        if                              /* budget -= 1; while budget > 0: the budget is */
@@ -161,7 +169,7 @@ inline run_completions(got, more, was) {
 }
 
 /* bh.rs dispatch_queue, one BH of the batch taken by take_bh_queue() */
-inline dispatch_one(bid, queued, torun, got, more, was) {
+inline dispatch_one(who, bid, queued, torun, got, more, was) {
     if
     :: queued ->
         atomic {                       /* flags.fetch_and(!(SCHEDULED|IDLE|QUEUED)) */
@@ -171,7 +179,7 @@ inline dispatch_one(bid, queued, torun, got, more, was) {
         if
         :: torun ->                    /* run the callback */
             if
-            :: bid == POOL_BH -> run_completions(got, more, was)
+            :: bid == POOL_BH -> run_completions(who, got, more, was)
             :: else -> runs[bid]++     /* counting_bh: runs += 1; waiter.unpark() */
             fi
         :: else -> skip
@@ -181,13 +189,14 @@ inline dispatch_one(bid, queued, torun, got, more, was) {
     torun = 0; got = 0; more = 0; was = 0   /* dead locals (state-space hygiene) */
 }
 
-/* context.rs AioContext::dispatch (lock held); who: 1 iothread, 2 nested.
+/* context.rs AioContext::dispatch (lock held); who: 1 iothread, 2 the vCPU's
+ * nested poll, 3 a worker's delivery pass (also Poller::Nested).
  * fired = 0 for poll_while's BH-only first pass (dispatch(&[], Nested)). */
 inline dispatch(who, fired, torun, got, more, was, q0, q1, q2) {
     gen = 1 - gen;                     /* dispatch_gen.fetch_add(1) (mod 2 here) */
 #ifdef BUG_B
     if                                 /* fault (b): the nested poll does not clear here... */
-    :: who == 2 -> skip
+    :: who >= 2 -> skip
     :: else -> if :: fired -> efd = 0 :: else -> skip fi
     fi;
 #else
@@ -202,14 +211,14 @@ inline dispatch(who, fired, torun, got, more, was, q0, q1, q2) {
     atomic {                           /* bh.rs dispatch_queue: swap_bh_queue() */
         q0 = sched[0]; q1 = sched[1]; q2 = sched[2]
     }
-    dispatch_one(0, q0, torun, got, more, was);
-    dispatch_one(1, q1, torun, got, more, was);
-    dispatch_one(2, q2, torun, got, more, was);
+    dispatch_one(who, 0, q0, torun, got, more, was);
+    dispatch_one(who, 1, q1, torun, got, more, was);
+    dispatch_one(who, 2, q2, torun, got, more, was);
     q0 = 0; q1 = 0; q2 = 0;
     dispatching--;                     /* dispatching.fetch_sub(1) */
 #ifdef BUG_B
     if                                 /* ...it clears after the scan, eating others' wake-ups */
-    :: who == 2 -> efd = 0
+    :: who >= 2 -> efd = 0
     :: else -> skip
     fi
 #endif
@@ -292,8 +301,12 @@ end_idle:
        :: atomic { owner == 0 -> owner = 3 } ->        /* ctx.try_acquire() */
            schedule_quiet(POOL_BH, was);               /* completion_bh.schedule_quiet(&held) */
            fired = 0;
-           dispatch(2, fired, torun, got, more, was, q0, q1, q2); /* dispatch_bhs_only(Nested) */
+           dispatch(3, fired, torun, got, more, was, q0, q1, q2); /* dispatch_bhs_only(Nested) */
+#ifdef BUG_QW
+           owner = 0                   /* fault: the worker lets go without the release check */
+#else
            release()                                   /* drop(held) */
+#endif
        :: schedule(POOL_BH, was)       /* lock busy (or delivery off): completion_bh.schedule() */
        fi
     od

@@ -194,8 +194,10 @@ impl ThreadPool {
     }
 
     /// Cancels every job that has not started, lets running ones finish (their
-    /// completions stay queued for the context's next poll), and joins the workers.
-    /// Later submissions are cancelled at once. Any thread except a worker.
+    /// completions stay queued for the context's next poll), and joins the workers
+    /// (except the calling thread: a worker that drops the last reference to the
+    /// context after its delivery runs this). Later submissions are cancelled at
+    /// once.
     pub fn shutdown(&self) {
         let handles = {
             let mut st = lock(&self.inner.state);

@@ -5,8 +5,9 @@
 //!   (nobody left waiting for a BH that never runs), and the LTL property
 //!   `all_work_done` (every scheduled BH is eventually dispatched) holds;
 //! * `-DBUG_A` (notify skipped while dispatching), `-DBUG_B` (nested poll clears
-//!   the notifier after its scan) and `-DBUG_Q` (a lock holder that published
-//!   quietly lets the lock go without the release check) each fail, with a
+//!   the notifier after its scan), `-DBUG_Q` (a lock holder that published
+//!   quietly lets the lock go without the release check) and `-DBUG_QW` (only a
+//!   pool worker that delivered completions skips it) each fail, with a
 //!   counter-example trail.
 
 use std::path::{Path, PathBuf};
@@ -169,4 +170,9 @@ fn failure_b_nested_poll_clears_notifier_fails_with_a_trail() {
 #[test]
 fn failure_q_quiet_publish_without_release_check_fails_with_a_trail() {
     assert_fails("-DBUG_Q");
+}
+
+#[test]
+fn failure_qw_delivering_worker_without_release_check_fails_with_a_trail() {
+    assert_fails("-DBUG_QW");
 }
