@@ -963,8 +963,10 @@ impl ScsiState {
             return;
         }
         let spare = &mut self.spare_ranges;
-        // Translated once per pass, not per descriptor.
-        let table = DescTable::new(mem, GuestAddress(queue.desc_table()), queue.size());
+        let table = DescTable {
+            addr: GuestAddress(queue.desc_table()),
+            size: queue.size(),
+        };
         match queue.iter(mem) {
             Ok(iter) => {
                 for chain in iter {

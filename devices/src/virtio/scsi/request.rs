@@ -9,9 +9,7 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice,
-};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryMmap};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -91,15 +89,12 @@ impl ChainBuffers {
     }
 }
 
-/// A split ring's descriptor table (`QueueT::desc_table` and `QueueT::size`,
-/// or an indirect table) as [`ChainBuffers::walk_into`] reads it: translated
-/// to host memory once when it lies in one region (always, with one RAM
-/// region), so reading an entry is a bounds check and a 16-byte copy.
-#[derive(Clone, Copy, Debug)]
-pub struct DescTable<'a> {
-    addr: GuestAddress,
-    size: u16,
-    host: Option<VolatileSlice<'a, ()>>,
+/// Where a split ring's descriptor table is (`QueueT::desc_table` and
+/// `QueueT::size`): what [`ChainBuffers::walk_into`] needs from the queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DescTable {
+    pub addr: GuestAddress,
+    pub size: u16,
 }
 
 /// A split-ring descriptor as the driver wrote it (virtio 1.2, 2.7.5).
@@ -117,40 +112,23 @@ const DESC_F_WRITE: u16 = 2;
 const DESC_F_INDIRECT: u16 = 4;
 const DESC_SIZE: u64 = size_of::<RawDescriptor>() as u64;
 
-impl<'a> DescTable<'a> {
-    /// The table of `size` entries at `addr`.
-    pub fn new(mem: &'a GuestMemoryMmap, addr: GuestAddress, size: u16) -> DescTable<'a> {
-        let bytes = usize::from(size) * DESC_SIZE as usize;
-        let host = GuestMemoryBackend::get_slice(mem, addr, bytes).ok();
-        DescTable { addr, size, host }
-    }
-
-    /// Entry `index`; `None` if it cannot be read. A table that is not in
-    /// one region is read entry by entry, each as vm-memory would read it.
-    fn read(&self, mem: &GuestMemoryMmap, index: u16) -> Option<RawDescriptor> {
-        let mut bytes = [0u8; DESC_SIZE as usize];
-        let offset = u64::from(index) * DESC_SIZE;
-        match self.host {
-            // In bounds when `index < size`; checked anyway.
-            Some(host) => host.read_slice(&mut bytes, offset as usize).ok()?,
-            None => {
-                let addr = self.addr.checked_add(offset)?;
-                match GuestMemoryBackend::get_slice(mem, addr, bytes.len()) {
-                    Ok(slice) => {
-                        slice.copy_to(&mut bytes[..]);
-                    }
-                    Err(_) => mem.read_slice(&mut bytes, addr).ok()?,
-                }
-            }
+/// The descriptor at `addr`: one address translation when it lies in one
+/// region (always, with one RAM region), else vm-memory's general read.
+fn read_descriptor(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<RawDescriptor> {
+    let mut bytes = [0u8; DESC_SIZE as usize];
+    match GuestMemoryBackend::get_slice(mem, addr, bytes.len()) {
+        Ok(slice) => {
+            slice.copy_to(&mut bytes[..]);
         }
-        RawDescriptor::read_from_bytes(&bytes).ok()
+        Err(_) => mem.read_slice(&mut bytes, addr).ok()?,
     }
+    RawDescriptor::read_from_bytes(&bytes).ok()
 }
 
 impl ChainBuffers {
     /// [`ChainBuffers::from_chain_into`] for the chain whose head is `head` in
-    /// the ring's `table`, reading descriptors through the table's host view
-    /// instead of vm-memory's generic object read, one translation each. The walk follows virtio-queue's
+    /// `table`, reading each descriptor with one address translation instead
+    /// of vm-memory's generic object read. The walk follows virtio-queue's
     /// `DescriptorChain` iterator rule for rule, so both see the same chain:
     /// at most `table.size` descriptors (in an indirect table, its entry
     /// count); one level of indirection, the table's length a multiple of 16
@@ -160,19 +138,23 @@ impl ChainBuffers {
     /// compare the two on well-formed and hostile chains.
     pub fn walk_into(
         mem: &GuestMemoryMmap,
-        table: DescTable<'_>,
+        table: DescTable,
         head: u16,
         mut buffers: ChainBuffers,
     ) -> Result<ChainBuffers, RequestError> {
         buffers.readable.clear();
         buffers.writable.clear();
-        let mut table = table;
+        let mut desc_table = table.addr;
+        let mut size = table.size;
         let mut next = head;
         let mut ttl = table.size;
         let mut indirect = false;
         let mut yielded: u32 = 0;
-        while ttl > 0 && next < table.size {
-            let Some(desc) = table.read(mem, next) else {
+        while ttl > 0 && next < size {
+            let Some(addr) = desc_table.checked_add(u64::from(next) * DESC_SIZE) else {
+                break;
+            };
+            let Some(desc) = read_descriptor(mem, addr) else {
                 break;
             };
             let (flags, len) = (desc.flags.get(), desc.len.get());
@@ -182,9 +164,10 @@ impl ChainBuffers {
                 if indirect || len % DESC_SIZE as u32 != 0 || entries > u32::from(u16::MAX) {
                     break;
                 }
-                table = DescTable::new(mem, GuestAddress(desc.addr.get()), entries as u16);
+                desc_table = GuestAddress(desc.addr.get());
+                size = entries as u16;
                 next = 0;
-                ttl = table.size;
+                ttl = size;
                 indirect = true;
                 continue;
             }
@@ -764,7 +747,10 @@ mod tests {
         queue.set_ready(true);
         mem.write_obj(1u16, GuestAddress(0x2002)).unwrap();
         mem.write_obj(head, GuestAddress(0x2004)).unwrap();
-        let table = DescTable::new(mem, GuestAddress(queue.desc_table()), queue.size());
+        let table = DescTable {
+            addr: GuestAddress(queue.desc_table()),
+            size: queue.size(),
+        };
         let chain = queue.iter(mem).unwrap().next().unwrap();
         let theirs = ChainBuffers::from_chain(chain);
         let ours = ChainBuffers::walk_into(mem, table, head, ChainBuffers::default());
