@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use event_loop::{AioContext, BottomHalf};
 use log::{debug, trace, warn};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::mmio::RateLimitedWarn;
@@ -36,8 +36,8 @@ use super::constants::*;
 use super::disk::{DiskGeometry, LunState, ScsiDiskConfig};
 use super::in_flight::{InFlight, InFlightTable, Slot};
 use super::request::{
-    self, parse_control_request, parse_lun, ChainBuffers, ControlRequest, DescTable, GuestRange,
-    RequestError, CMD_REQUEST_HEADER_SIZE, CMD_RESPONSE_HEADER_SIZE,
+    self, parse_control_request, parse_lun, ChainBuffers, ControlRequest, GuestRange, RequestError,
+    CMD_REQUEST_HEADER_SIZE, CMD_RESPONSE_HEADER_SIZE,
 };
 use super::sense::Sense;
 use crate::virtio::device::{ActivateError, VirtioDevice, VirtioInterrupt, INTERRUPT_USED_RING};
@@ -963,10 +963,6 @@ impl ScsiState {
             return;
         }
         let spare = &mut self.spare_ranges;
-        let table = DescTable {
-            addr: GuestAddress(queue.desc_table()),
-            size: queue.size(),
-        };
         match queue.iter(mem) {
             Ok(iter) => {
                 for chain in iter {
@@ -975,8 +971,7 @@ impl ScsiState {
                         readable: spare.pop().unwrap_or_default(),
                         writable: spare.pop().unwrap_or_default(),
                     };
-                    // The same walk as `from_chain_into`, cheaper per descriptor.
-                    chains.push((head, ChainBuffers::walk_into(mem, table, head, buffers)));
+                    chains.push((head, ChainBuffers::from_chain_into(chain, buffers)));
                 }
             }
             Err(e) => self.mark_broken(&format!("available ring of queue {index} is broken: {e}")),
