@@ -5,7 +5,8 @@
 //!
 //! Contract: requests complete through [`IoCompletion::complete`], which
 //! consumes the completion (so it runs once), on the thread that dispatches
-//! the device's `AioContext` (the iothread, or a nested poller) — possibly even
+//! the device's `AioContext` (the iothread, a nested poller, or a pool worker
+//! delivering its own job's completion) — possibly even
 //! before `submit` returns.
 
 use std::fmt;

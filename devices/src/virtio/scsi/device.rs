@@ -9,7 +9,8 @@
 //! * The vCPU thread calls the [`VirtioDevice`] methods (config access,
 //!   activation, reset) while holding the transport's bus lock.
 //! * Queue kicks are fd handlers on the iothread's `AioContext`; disk
-//!   completions run there too (or in a nested poll on that context). Both take
+//!   completions run there too (or in a nested poll on that context, or on the
+//!   pool worker that did the I/O when it found the context lock free). Both take
 //!   the controller lock, [`Shared::state`], for their whole (short, non-blocking)
 //!   run and never submit disk I/O while holding it.
 //! * Lock order: bus lock -> context lock -> controller lock. Handlers run with
@@ -663,7 +664,7 @@ fn handle_kick(shared: &Arc<Shared>, index: usize, submissions: &mut Vec<Submiss
     }
 }
 
-/// After a batch of completions on request queue `index` (iothread): one
+/// After a batch of completions on request queue `index` (a BH of the context): one
 /// interrupt decision for the batch, then, if kicks are suppressed, new requests.
 /// `submissions` as for [`handle_kick`].
 fn finish_completions(shared: &Arc<Shared>, index: usize, submissions: &mut Vec<Submission>) {
@@ -1336,7 +1337,8 @@ impl ScsiState {
         }
     }
 
-    /// A disk request finished (iothread, context lock held).
+    /// A disk request finished (context lock held: the iothread, a nested poller,
+    /// or the pool worker that did the I/O).
     fn complete_io(&mut self, slot: Slot, result: Result<usize, BackendError>) {
         let Some(pending) = self.in_flight.remove(slot) else {
             // Each command's completion runs once and only it frees the slot.
