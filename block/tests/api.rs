@@ -421,47 +421,17 @@ fn a_failed_requests_callback_may_wait_for_another_failed_request() {
     );
 }
 
-/// Two requests refused by their checks wait in the same deferred-completion
-/// batch; the first one's callback runs `in_callback`, which waits for the
-/// second (draining the backend, or dropping its last reference). The nested
-/// poll must deliver the sibling: fails (instead of hanging) after 5 s.
+/// Two requests refused by their checks (beyond the end) wait in the same
+/// deferred-completion batch; the first one's callback waits for the second.
 fn refused_callback_waits_for_sibling(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Mutex;
-    let img = image_in("/var/tmp", MIB);
-    let (tx, rx) = mpsc::channel();
-    let completed = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&completed);
-    let path = img.path().to_path_buf();
-    std::thread::spawn(move || {
-        let ctx = AioContext::new().unwrap();
-        let options = opts(AioMode::Threads, CacheMode::Writeback);
-        let b = Arc::new(BlockBackend::open(&path, &options, ctx.clone()).unwrap());
-        let slot: Arc<Mutex<Option<Arc<BlockBackend>>>> = Arc::new(Mutex::new(None));
-        {
-            let _g = ctx.acquire();
-            for i in 0..2 {
-                let (done, slot) = (Arc::clone(&counter), Arc::clone(&slot));
-                // Beyond the end: refused, completed by the deferred BH.
-                b.aio_readv(2 * MIB, Vec::new(), move |r| {
-                    assert!(r.is_err(), "beyond the end must fail");
-                    if i == 0 {
-                        let mut held = slot.lock().unwrap().take();
-                        in_callback(&mut held);
-                    }
-                    done.fetch_add(1, Ordering::SeqCst);
-                });
-            }
-            *slot.lock().unwrap() = Some(b);
-            ctx.poll_while(|| counter.load(Ordering::SeqCst) < 2);
-        }
-        tx.send(()).unwrap();
-    });
-    let r = rx.recv_timeout(Duration::from_secs(5));
-    assert!(
-        r.is_ok(),
-        "hang: {} of 2 refused requests completed",
-        completed.load(std::sync::atomic::Ordering::SeqCst)
+    callback_waits_for_siblings(
+        "/var/tmp",
+        Siblings {
+            count: 2,
+            waiter: 0,
+            refused: true,
+        },
+        in_callback,
     );
 }
 
@@ -653,63 +623,98 @@ fn inline_reads_then_release(
     result
 }
 
-/// Submits 8 small tmpfs reads under the lock (one runs at once, seven are
-/// plugged; the share step gives the first three of those to a worker as one
-/// job) and lets request 1's callback, the first of the worker's part, run
-/// `in_callback`, which waits for the backend's other requests. Those must stay
-/// deliverable from the nested poll: fails (instead of hanging) after 5 s.
-fn callback_waits_for_siblings(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
+/// Which requests `callback_waits_for_siblings` submits.
+struct Siblings {
+    count: usize,
+    /// The request whose callback runs `in_callback`.
+    waiter: usize,
+    /// Beyond the end (refused, completed by the deferred BH), or 4 KiB reads.
+    refused: bool,
+}
+
+/// Submits `which.count` reads under the lock and lets request `which.waiter`'s
+/// callback run `in_callback`, which waits for the backend's other requests
+/// (draining it, or dropping its last reference). Those must stay deliverable
+/// from the nested poll: fails (instead of hanging) after 5 s.
+fn callback_waits_for_siblings(
+    dir: &str,
+    which: Siblings,
+    in_callback: fn(&mut Option<Arc<BlockBackend>>),
+) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
-    let img = image_in("/dev/shm", 4 * MIB);
+    let img = image_in(dir, 4 * MIB);
     let (tx, rx) = mpsc::channel();
     let completed = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&completed);
     let path = img.path().to_path_buf();
+    let Siblings {
+        count,
+        waiter,
+        refused,
+    } = which;
     std::thread::spawn(move || {
         let ctx = AioContext::new().unwrap();
         let options = opts(AioMode::Threads, CacheMode::Writeback);
         let b = Arc::new(BlockBackend::open(&path, &options, ctx.clone()).unwrap());
         let slot: Arc<Mutex<Option<Arc<BlockBackend>>>> = Arc::new(Mutex::new(None));
-        let n = 8;
         {
             let _g = ctx.acquire();
-            for i in 0..n {
-                // Leaked: the buffers must outlive a test that may have failed.
-                let buf: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
-                let iov = vec![seg(buf, 0, 4096)];
+            for i in 0..count {
                 let (done, slot) = (Arc::clone(&counter), Arc::clone(&slot));
-                b.aio_readv((i * 4096) as u64, iov, move |r| {
-                    r.unwrap();
+                let callback = move |r: block::IoResult| {
+                    assert_eq!(r.is_err(), refused, "request {i}: {r:?}");
                     done.fetch_add(1, Ordering::SeqCst);
-                    if i == 1 {
+                    if i == waiter {
                         let mut held = slot.lock().unwrap().take();
                         in_callback(&mut held);
                     }
-                });
+                };
+                if refused {
+                    b.aio_readv(8 * MIB, Vec::new(), callback);
+                } else {
+                    // Leaked: the buffers must outlive a test that may have failed.
+                    let buf: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
+                    b.aio_readv((i * 4096) as u64, vec![seg(buf, 0, 4096)], callback);
+                }
             }
             *slot.lock().unwrap() = Some(b);
-            ctx.poll_while(|| counter.load(Ordering::SeqCst) < n);
+            ctx.poll_while(|| counter.load(Ordering::SeqCst) < count);
         }
         tx.send(()).unwrap();
     });
     let r = rx.recv_timeout(Duration::from_secs(5));
     assert!(
         r.is_ok(),
-        "hang: {} of 8 completed",
+        "hang: {} of {count} completed",
         completed.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+/// 8 small tmpfs reads (one runs at once, seven are plugged; the share step
+/// gives the first three of those to a worker as one job); request 1, the
+/// first of the worker's part, waits for the others.
+fn shared_batch_callback_waits_for_siblings(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
+    callback_waits_for_siblings(
+        "/dev/shm",
+        Siblings {
+            count: 8,
+            waiter: 1,
+            refused: false,
+        },
+        in_callback,
     );
 }
 
 /// A callback in the worker's part of a shared batch drains the backend.
 #[test]
 fn a_shared_batch_callback_may_drain_the_backend() {
-    callback_waits_for_siblings(|b| b.as_ref().expect("backend").drain());
+    shared_batch_callback_waits_for_siblings(|b| b.as_ref().expect("backend").drain());
 }
 
 /// A callback in the worker's part of a shared batch drops the last reference
 /// to the backend, whose drop waits for every request in flight.
 #[test]
 fn a_shared_batch_callback_may_drop_the_backend() {
-    callback_waits_for_siblings(|b| drop(b.take()));
+    shared_batch_callback_waits_for_siblings(|b| drop(b.take()));
 }
