@@ -557,6 +557,7 @@ mod tests {
         }
         drop(guard);
     }
+
     /// With nobody polling the context, a finished job's worker takes the free
     /// lock and runs the completion itself; the job that completion submits
     /// stays with that worker (no second worker is started or woken).
@@ -617,6 +618,7 @@ mod tests {
             "the callback's nested wait for pool work never ended"
         );
     }
+
     /// A callback delivered on its worker submits a job and then panics: the
     /// worker dies, and the job it had reserved still gets a worker.
     #[test]
@@ -637,6 +639,7 @@ mod tests {
             "the reserved job never ran after its worker died"
         );
     }
+
     /// A BH that is not a pool completion (the block layer's share step) runs
     /// in a worker's delivery pass and submits a job it means for a second CPU:
     /// that job is not kept for the delivering worker, so it starts while the BH
