@@ -10,6 +10,11 @@
 //! One run delivers at most the completions queued when it started (the rest go
 //! to the next dispatch), so a dispatch, and the context lock, stays short even
 //! when callbacks keep submitting.
+//!
+//! A worker that finds the context lock free runs that BH itself, as a nested
+//! poller (`PoolInner::deliver`), and takes the first job its callbacks submit
+//! next; see docs/event-loop.md §4 for why that keeps the wake-up protocol and
+//! what a callback on a worker may and may not wait for.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
