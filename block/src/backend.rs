@@ -9,12 +9,11 @@
 //! Callbacks run on the backend's context with the context lock held, on whichever
 //! thread polls it (the iothread, or a thread in a nested poll).
 
-use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
-use event_loop::{AioContext, BottomHalf};
+use event_loop::AioContext;
 
 use crate::blkdebug::{FaultInjector, Verdict};
 use crate::bounce::BounceBuffer;
@@ -48,77 +47,11 @@ pub enum ZeroMode {
 /// The result type of every request: bytes transferred (0 for flush).
 pub type IoResult = Result<usize, BlockError>;
 
-/// Runs callbacks of requests refused before reaching the engine, on the context.
-struct Deferred {
-    inner: Arc<DeferredInner>,
-}
-
-struct DeferredInner {
-    queue: Mutex<VecDeque<(Completion, IoResult)>>,
-    /// Set once at creation; the BH's closure reaches it through a `Weak`.
-    bh: OnceLock<BottomHalf>,
-}
-
-impl Deferred {
-    fn new(ctx: &Arc<AioContext>) -> Deferred {
-        let inner = Arc::new(DeferredInner {
-            queue: Mutex::default(),
-            bh: OnceLock::new(),
-        });
-        let weak = Arc::downgrade(&inner);
-        // Re-entrant, and one callback at a time with the BH rescheduled while more
-        // remain (as the pool's completion BH does): a callback may wait in a
-        // nested poll for another refused request (a synchronous one it makes, or
-        // a sibling queued behind it, as `drain` and dropping the backend do), and
-        // that nested poll must be able to deliver it.
-        let bh = ctx.new_reentrant_bh("block-deferred-completions", move || {
-            if let Some(inner) = weak.upgrade() {
-                inner.run();
-            }
-        });
-        let _ = inner.bh.set(bh);
-        Deferred { inner }
-    }
-
-    fn complete(&self, done: Completion, result: IoResult) {
-        self.inner.queue.lock().unwrap().push_back((done, result));
-        self.inner.schedule();
-    }
-}
-
-impl DeferredInner {
-    fn schedule(&self) {
-        if let Some(bh) = self.bh.get() {
-            bh.schedule();
-        }
-    }
-
-    /// The BH's body: delivers at most the callbacks queued when it started, so
-    /// a callback that refuses another request cannot keep one dispatch going.
-    fn run(&self) {
-        let mut budget = self.queue.lock().unwrap().len();
-        while budget > 0 {
-            budget -= 1;
-            let mut queue = self.queue.lock().unwrap();
-            let Some((done, result)) = queue.pop_front() else {
-                break;
-            };
-            let more = !queue.is_empty();
-            drop(queue);
-            if more {
-                self.schedule();
-            }
-            done(result);
-        }
-    }
-}
-
 /// An open image serving requests on one context. `Send + Sync`; share it as
 /// `Arc<BlockBackend>` between the device on the iothread and synchronous users.
 pub struct BlockBackend {
     // Field order is drop order: engine before file.
     engine: Arc<dyn Engine>,
-    deferred: Deferred,
     faults: Option<Arc<FaultInjector>>,
     in_flight: Arc<AtomicUsize>,
     file: Arc<RawFile>,
@@ -159,7 +92,6 @@ impl BlockBackend {
         };
         Ok(BlockBackend {
             engine,
-            deferred: Deferred::new(&ctx),
             faults,
             in_flight: Arc::default(),
             file,
@@ -314,7 +246,7 @@ impl BlockBackend {
     pub(crate) fn submit(&self, req: Request, done: Completion) {
         if let Err(err) = self.check(&req) {
             log::trace!("refused {:?}: {err}", req.op());
-            return self.deferred.complete(done, Err(err));
+            return self.complete_later(done, Err(err));
         }
         let trivially_done = match &req {
             Request::Read { .. } | Request::Write { .. } => req.len() == 0,
@@ -324,7 +256,7 @@ impl BlockBackend {
         };
         if trivially_done {
             let len = req.len() as usize;
-            return self.deferred.complete(done, Ok(len));
+            return self.complete_later(done, Ok(len));
         }
         let delay = match self
             .faults
@@ -332,7 +264,7 @@ impl BlockBackend {
             .map(|f| f.check(req.op(), req.offset(), req.len()))
         {
             None | Some(Verdict::Pass) => None,
-            Some(Verdict::Fail(err)) => return self.deferred.complete(done, Err(err)),
+            Some(Verdict::Fail(err)) => return self.complete_later(done, Err(err)),
             Some(Verdict::Delay(d)) => Some(d),
         };
         let (req, done) = self.bounce_if_needed(req, done);
@@ -346,6 +278,14 @@ impl BlockBackend {
                 );
             }
         }
+    }
+
+    /// Completes a request that never reached the engine (refused, or nothing
+    /// to do): later, on the context, through the pool's completion queue, which
+    /// delivers one callback at a time (a callback may wait in a nested poll for
+    /// another such request, as `drain` and dropping the backend do).
+    fn complete_later(&self, done: Completion, result: IoResult) {
+        self.ctx.thread_pool().complete_later(move || done(result));
     }
 
     /// With O_DIRECT, swaps unaligned segments for one aligned bounce buffer (copied
@@ -408,6 +348,7 @@ impl Drop for BlockBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[test]
     fn backend_can_be_shared_between_threads() {

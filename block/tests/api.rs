@@ -384,7 +384,7 @@ fn sync_writes_run_inline_without_waking_the_iothread() {
 }
 
 /// A completion callback may make a synchronous request, also one that fails its
-/// checks and so completes through the same deferred-completion BH that is running
+/// checks and so completes through the same pool completion BH that is running
 /// the callback: the nested wait must get its error, not spin.
 #[test]
 fn a_failed_requests_callback_may_wait_for_another_failed_request() {
@@ -396,7 +396,7 @@ fn a_failed_requests_callback_may_wait_for_another_failed_request() {
     let inner = Arc::clone(&backend);
     let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let flag = Arc::clone(&answered);
-    // Beyond the end: refused before the file, completed by the deferred BH.
+    // Beyond the end: refused before the file, completed through the pool's completion BH.
     backend.aio_readv(2 * MIB, Vec::new(), move |outer| {
         let nested = inner.pwrite(2 * MIB, &[0u8; 512]);
         let _ = tx.send((outer.is_err(), nested.is_err()));
@@ -422,7 +422,7 @@ fn a_failed_requests_callback_may_wait_for_another_failed_request() {
 }
 
 /// Two requests refused by their checks (beyond the end) wait in the same
-/// deferred-completion batch; the first one's callback waits for the second.
+/// pool completion batch; the first one's callback waits for the second.
 fn refused_callback_waits_for_sibling(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
     callback_waits_for_siblings(
         "/var/tmp",
@@ -628,7 +628,7 @@ struct Siblings {
     count: usize,
     /// The request whose callback runs `in_callback`.
     waiter: usize,
-    /// Beyond the end (refused, completed by the deferred BH), or 4 KiB reads.
+    /// Beyond the end (refused, completed through the pool's completion BH), or 4 KiB reads.
     refused: bool,
 }
 

@@ -152,6 +152,16 @@ impl ThreadPool {
         JobHandle { job }
     }
 
+    /// Queues `done` on the completion BH as if a job had just finished: it runs
+    /// later on the context, never inside this call, and like every pool
+    /// completion one at a time, so a nested poll in one of them can still
+    /// deliver the others. For results known without any work (the block
+    /// layer's refused requests). Any thread.
+    pub fn complete_later(&self, done: impl FnOnce() + Send + 'static) {
+        lock(&self.inner.completions).push_back(Box::new(done));
+        self.inner.completion_bh.schedule();
+    }
+
     /// Runs `work` on the calling thread now and queues `done(result)` on the
     /// completion BH as a worker would, for a context-lock holder for whom a
     /// worker would not help: one that would only sleep in its nested poll
