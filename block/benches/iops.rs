@@ -14,8 +14,10 @@
 //!
 //! Run: `cargo bench -p block --bench iops` (about 3 minutes). `BENCH_SECS` changes
 //! the measuring time per case and side (default 1.0), `BENCH_ROUNDS` the
-//! interleaved rounds per case whose best is kept on each side (default 3); `BENCH_CASE=text` runs only the rows
-//! whose label contains `text`; an argument `iops` or `sync` runs only that table.
+//! interleaved rounds per case whose best is kept on each side (default 3);
+//! `BENCH_CASE=text` runs only the rows whose label contains `text`;
+//! `BENCH_POLL_MAX_US` caps the iothread's busy poll (`AioContext::set_poll_max`;
+//! 0 turns it off); an argument `iops` or `sync` runs only that table.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -127,6 +129,12 @@ fn measure_secs() -> f64 {
 fn ours(path: &str, case: Case) -> f64 {
     let ctx = AioContext::new().unwrap();
     ctx.thread_pool().set_max_workers(case.depth.max(1));
+    if let Some(us) = std::env::var("BENCH_POLL_MAX_US")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        ctx.set_poll_max(Duration::from_micros(us));
+    }
     let options = BlockOptions {
         cache: case.cache,
         aio: case.aio,

@@ -18,12 +18,14 @@ use std::collections::VecDeque;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use log::error;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::bh::{self, BhCallback, BhInner, IDLE, SCHEDULED};
+use crate::busy_poll::{self, PollReady, SpinEnd};
 use crate::fd::{self, FdEntry, FdTable, FIRST_USER_TOKEN, NOTIFIER_TOKEN, TIMERFD_TOKEN};
 use crate::notify::{StdAtomics, WakeCore};
 use crate::sys::AbsTimerFd;
@@ -50,6 +52,8 @@ pub(crate) struct IoThreadCarry {
     quiet_left: bool,
     /// BH-only passes in a row.
     bh_only_passes: u32,
+    /// The busy-poll window now (see `busy_poll::next_window`).
+    window_ns: u64,
 }
 
 /// Fault knob bits (feature `fault-knobs`; always 0 otherwise).
@@ -248,6 +252,8 @@ pub struct AioContext {
     /// Bumped by every `dispatch` (under the context lock, which orders it): the
     /// iothread compares it across its unlocked wait to spot stale events.
     dispatch_gen: AtomicU64,
+    /// The cap of the iothread's busy-poll window (0: never spin).
+    poll_max_ns: AtomicU64,
     pool: OnceLock<ThreadPool>,
 }
 
@@ -323,6 +329,7 @@ impl AioContext {
             next_token: AtomicU64::new(FIRST_USER_TOKEN),
             next_bh_id: AtomicU64::new(0),
             dispatch_gen: AtomicU64::new(0),
+            poll_max_ns: AtomicU64::new(busy_poll::DEFAULT_MAX.as_nanos() as u64),
             pool: OnceLock::new(),
         }))
     }
@@ -506,6 +513,29 @@ impl AioContext {
             return;
         }
         carry.bh_only_passes = 0;
+        let spin_start = Instant::now();
+        let polled = Arc::clone(&lock(&self.fds).polled);
+        let max_ns = self.poll_max_ns.load(Ordering::Relaxed);
+        let mut found_by_spin = false;
+        if carry.window_ns > 0 && !polled.is_empty() && !self.shared.pending_bhs().0 {
+            let epoch = self.shared.core.snapshot();
+            let window = Duration::from_nanos(carry.window_ns);
+            match busy_poll::spin(spin_start, window, &polled, || {
+                self.shared.core.snapshot() != epoch
+            }) {
+                SpinEnd::Ready(token) => {
+                    carry.window_ns = busy_poll::next_window(carry.window_ns, 0, true, max_ns);
+                    self.ctx_lock.lock();
+                    let _guard = ContextGuard { ctx: self };
+                    self.dispatch_polled(token);
+                    carry.quiet_left = self.shared.has_unscanned_quiet_work();
+                    return;
+                }
+                // The wait below finds the work without blocking.
+                SpinEnd::Published => found_by_spin = true,
+                SpinEnd::Timeout => {}
+            }
+        }
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
         self.shared.trace.record(Ev::LoopWait, 0);
         let gen = self.dispatch_gen.load(Ordering::Relaxed);
@@ -517,10 +547,33 @@ impl AioContext {
             // gathered may be stale (it ran those fds). Gather afresh under the lock.
             n = self.epoll.wait(0, &mut events).unwrap_or(0);
         }
+        if !polled.is_empty() {
+            let spent = spin_start.elapsed().as_nanos() as u64;
+            carry.window_ns = busy_poll::next_window(carry.window_ns, spent, found_by_spin, max_ns);
+        }
         let _guard = ContextGuard { ctx: self };
         self.dispatch(&events[..n], Poller::IoThread);
         // Read before the guard's drop, whose release check clears the flag.
         carry.quiet_left = self.shared.has_unscanned_quiet_work();
+    }
+
+    /// A pass for a read handler that the busy poll found ready (lock held): runs
+    /// it without asking the kernel, then the pending BHs, like
+    /// `dispatch_bhs_only` (fd events and timers wait for the next full pass).
+    fn dispatch_polled(&self, token: u64) -> bool {
+        self.shared.trace.record(Ev::BusyPollHit, token as i64);
+        let ran = self.dispatch_fd(token, EventSet::IN);
+        self.dispatch(&[], Poller::IoThread) | ran
+    }
+
+    /// Caps the iothread's busy polling before it sleeps (QEMU's `poll-max-ns`;
+    /// default 32 µs; zero turns it off). The iothread spins only while fd handlers
+    /// with a readiness check ([`Self::set_fd_handler_polled`]) are registered,
+    /// and its window adapts: it grows while events arrive soon after the loop
+    /// goes idle and shrinks to nothing while they do not. Any thread.
+    pub fn set_poll_max(&self, max: Duration) {
+        let ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+        self.poll_max_ns.store(ns, Ordering::Relaxed);
     }
 
     /// Creates a bottom half that runs `cb` on this context. Any thread.
@@ -569,6 +622,30 @@ impl AioContext {
             self.remove_fd_handler(fd);
             return Ok(());
         }
+        self.register_fd(fd, read, write, None)
+    }
+
+    /// Sets the read handler of `fd` together with `ready`, a check the iothread's
+    /// busy poll calls (without the lock, from the iothread only) to learn that
+    /// `read` has work before the kernel says so. When it says yes, the iothread
+    /// runs `read` under the lock without asking the kernel: `read` must cope with
+    /// finding nothing to do. Any thread, like [`Self::set_fd_handler`].
+    pub fn set_fd_handler_polled(
+        &self,
+        fd: RawFd,
+        read: FdHandler,
+        ready: PollReady,
+    ) -> Result<(), Error> {
+        self.register_fd(fd, Some(read), None, Some(ready))
+    }
+
+    fn register_fd(
+        &self,
+        fd: RawFd,
+        read: Option<FdHandler>,
+        write: Option<FdHandler>,
+        ready: Option<PollReady>,
+    ) -> Result<(), Error> {
         let mut set = EventSet::empty();
         if read.is_some() {
             set |= EventSet::IN;
@@ -577,10 +654,12 @@ impl AioContext {
             set |= EventSet::OUT;
         }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let polled = ready.is_some();
         let entry = Arc::new(FdEntry {
             fd,
             read: read.map(Mutex::new),
             write: write.map(Mutex::new),
+            ready,
         });
         let mut table = lock(&self.fds);
         let op = if table.by_fd.contains_key(&fd) {
@@ -591,10 +670,17 @@ impl AioContext {
         self.epoll
             .ctl(op, fd, EpollEvent::new(set, token))
             .map_err(|source| Error::EpollCtl { fd, source })?;
+        let mut was_polled = false;
         if let Some(old) = table.by_fd.insert(fd, token) {
-            table.by_token.remove(&old);
+            was_polled = table
+                .by_token
+                .remove(&old)
+                .is_some_and(|e| e.ready.is_some());
         }
         table.by_token.insert(token, entry);
+        if polled || was_polled {
+            table.rebuild_polled();
+        }
         Ok(())
     }
 
@@ -608,7 +694,10 @@ impl AioContext {
                 .epoll
                 .ctl(ControlOperation::Delete, fd, EpollEvent::default());
             // Dropped here unless a dispatcher is running it right now.
-            let _old = table.by_token.remove(&token);
+            let old = table.by_token.remove(&token);
+            if old.is_some_and(|e| e.ready.is_some()) {
+                table.rebuild_polled();
+            }
         }
     }
 

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex};
 
+use crate::busy_poll::PollReady;
 use crate::FdHandler;
 
 /// Tokens below this are the context's own fds.
@@ -23,6 +24,8 @@ pub(crate) struct FdEntry {
     pub(crate) fd: RawFd,
     pub(crate) read: Option<Mutex<FdHandler>>,
     pub(crate) write: Option<Mutex<FdHandler>>,
+    /// Tells, without a system call, whether `read` has work (busy polling).
+    pub(crate) ready: Option<PollReady>,
 }
 
 /// Token -> entry, fd -> token.
@@ -30,6 +33,22 @@ pub(crate) struct FdEntry {
 pub(crate) struct FdTable {
     pub(crate) by_token: HashMap<u64, Arc<FdEntry>>,
     pub(crate) by_fd: HashMap<RawFd, u64>,
+    /// The entries with a readiness check, by token: what the iothread's busy
+    /// poll asks (rebuilt when one comes or goes; cloned per spin, not locked).
+    pub(crate) polled: Arc<Vec<(u64, PollReady)>>,
+}
+
+impl FdTable {
+    /// Rebuilds `polled` after entries with a readiness check changed.
+    pub(crate) fn rebuild_polled(&mut self) {
+        let mut polled: Vec<(u64, PollReady)> = self
+            .by_token
+            .iter()
+            .filter_map(|(token, e)| e.ready.clone().map(|r| (*token, r)))
+            .collect();
+        polled.sort_by_key(|(token, _)| *token);
+        self.polled = Arc::new(polled);
+    }
 }
 
 /// Runs `h` unless it is already running further up this stack (a nested poll

@@ -34,6 +34,7 @@
 //! ```
 
 mod bh;
+mod busy_poll;
 mod context;
 mod error;
 #[cfg(feature = "fault-knobs")]
@@ -48,6 +49,7 @@ mod timer;
 mod trace;
 
 pub use bh::BottomHalf;
+pub use busy_poll::PollReady;
 pub use context::{AioContext, ContextGuard, FdHandler};
 pub use error::Error;
 #[cfg(feature = "fault-knobs")]

@@ -46,6 +46,8 @@ pub(crate) enum Ev {
     /// A pass that runs BHs only, without asking the kernel for events (the
     /// caller left quiet work); arg = such passes in a row.
     BhOnlyPass,
+    /// The iothread's busy poll found a read handler ready; arg = its token.
+    BusyPollHit,
 }
 
 impl Ev {
@@ -64,6 +66,7 @@ impl Ev {
             FdDispatch,
             TimerFire,
             BhOnlyPass,
+            BusyPollHit,
         ]
         .into_iter()
         .find(|e| *e as u8 == v)
