@@ -30,6 +30,10 @@ impl FromStr for FirmwareChoice {
     }
 }
 
+/// The longest busy-poll window `--iothread-poll-max-us` accepts: beyond it,
+/// spinning costs more than the wake-up it saves by orders of magnitude.
+pub const MAX_POLL_US: u32 = 10_000;
+
 /// Everything `hangar run` needs, as given on the command line.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -40,6 +44,8 @@ pub struct RunConfig {
     pub vars: Option<PathBuf>,
     pub serial: ConsoleSpec,
     pub disks: Vec<DiskSpec>,
+    /// The cap of the iothread's busy poll (`--iothread-poll-max-us`).
+    pub iothread_poll_max_us: u32,
 }
 
 /// Firmware files that passed every check.
@@ -57,6 +63,8 @@ pub enum ConfigError {
     TooLittleMemory { given: String, min: u64 },
     #[error("--cpus {0}: must be between 1 and {max}", max = layout::MAX_VCPUS)]
     BadCpus(u32),
+    #[error("--iothread-poll-max-us {0}: must be at most {max} (10 ms)", max = MAX_POLL_US)]
+    BadPollMax(u32),
     #[error(transparent)]
     Firmware(#[from] FirmwareError),
 }
@@ -83,6 +91,9 @@ impl RunConfig {
     pub fn check_shape(&self, memory_text: &str) -> Result<(), ConfigError> {
         if self.cpus == 0 || u64::from(self.cpus) > layout::MAX_VCPUS {
             return Err(ConfigError::BadCpus(self.cpus));
+        }
+        if self.iothread_poll_max_us > MAX_POLL_US {
+            return Err(ConfigError::BadPollMax(self.iothread_poll_max_us));
         }
         if self.memory < layout::MIN_RAM_SIZE {
             return Err(ConfigError::TooLittleMemory {
@@ -153,6 +164,7 @@ mod tests {
             vars: Some(dir.join("VARS.fd")),
             serial: ConsoleSpec::Stdio,
             disks: vec![],
+            iothread_poll_max_us: 32,
         }
     }
 
@@ -166,6 +178,14 @@ mod tests {
             Err(ConfigError::BadCpus(0))
         ));
         c.cpus = 2;
+        c.iothread_poll_max_us = MAX_POLL_US;
+        assert!(c.check_shape("512M").is_ok());
+        c.iothread_poll_max_us = MAX_POLL_US + 1;
+        assert!(matches!(
+            c.check_shape("512M"),
+            Err(ConfigError::BadPollMax(_))
+        ));
+        c.iothread_poll_max_us = 0;
         c.memory = 64 << 20;
         let err = c.check_shape("64M").unwrap_err();
         assert!(err.to_string().contains("64M"), "{err}");

@@ -52,6 +52,7 @@ pub fn config_from_args(args: &RunArgs) -> Result<RunConfig, RunError> {
         vars: args.vars.clone(),
         serial,
         disks,
+        iothread_poll_max_us: args.iothread_poll_max_us,
     };
     cfg.check_shape(&args.memory)?;
     Ok(cfg)

@@ -135,6 +135,10 @@ fn bad_sizes_and_counts_name_the_option() {
         (vec!["run", "--cpus", "0"], "--cpus 0"),
         (vec!["run", "--serial", "tcp:1"], "tcp:1"),
         (vec!["run", "--disk", "path=x.img,aio=magic"], "aio"),
+        (
+            vec!["run", "--iothread-poll-max-us", "20000"],
+            "--iothread-poll-max-us 20000",
+        ),
     ] {
         let out = hangar(&args, f.dir.path());
         assert_one_line_error(&out, needle);
@@ -153,6 +157,7 @@ fn help_documents_every_run_option_with_defaults() {
         "--vars",
         "--serial",
         "--disk",
+        "--iothread-poll-max-us",
         "[default: 512M]",
         "[default: auto]",
         "Examples:",

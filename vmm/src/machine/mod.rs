@@ -147,6 +147,7 @@ impl Machine {
     pub fn new(cfg: RunConfig, fw: ResolvedFirmware) -> Result<Machine, MachineError> {
         let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
         let ctx = AioContext::new().map_err(MachineError::IoThread)?;
+        ctx.set_poll_max(Duration::from_micros(cfg.iothread_poll_max_us.into()));
         let iothread =
             IoThread::spawn("iothread", Arc::clone(&ctx)).map_err(MachineError::IoThread)?;
         let vm = VmSlot::default();
