@@ -513,14 +513,16 @@ impl AioContext {
             return;
         }
         carry.bh_only_passes = 0;
-        let spin_start = Instant::now();
         let polled = Arc::clone(&lock(&self.fds).polled);
+        // Only a context with polled handlers times its iterations.
+        let spin_start = (!polled.is_empty()).then(Instant::now);
         let max_ns = self.poll_max_ns.load(Ordering::Relaxed);
         let mut found_by_spin = false;
-        if carry.window_ns > 0 && !polled.is_empty() && !self.shared.pending_bhs().0 {
+        let spin_from = spin_start.filter(|_| carry.window_ns > 0);
+        if let Some(start) = spin_from.filter(|_| !self.shared.pending_bhs().0) {
             let epoch = self.shared.core.snapshot();
             let window = Duration::from_nanos(carry.window_ns);
-            match busy_poll::spin(spin_start, window, &polled, || {
+            match busy_poll::spin(start, window, &polled, || {
                 self.shared.core.snapshot() != epoch
             }) {
                 SpinEnd::Ready(token) => {
@@ -547,8 +549,8 @@ impl AioContext {
             // gathered may be stale (it ran those fds). Gather afresh under the lock.
             n = self.epoll.wait(0, &mut events).unwrap_or(0);
         }
-        if !polled.is_empty() {
-            let spent = spin_start.elapsed().as_nanos() as u64;
+        if let Some(start) = spin_start {
+            let spent = start.elapsed().as_nanos() as u64;
             carry.window_ns = busy_poll::next_window(carry.window_ns, spent, found_by_spin, max_ns);
         }
         let _guard = ContextGuard { ctx: self };
