@@ -1,15 +1,15 @@
 //! Adaptive busy polling by the iothread (QEMU's `poll-max-ns`): before it goes
-//! to sleep in the kernel, the iothread spins for a short, self-tuning window,
-//! asking the fd handlers that can tell readiness without a system call (an
-//! io_uring completion queue in shared memory) whether they have work, and
-//! watching the protocol's epoch for published BHs. A completion that arrives
-//! within the window then costs neither a wake-up of a sleeping thread nor the
-//! publisher's eventfd write.
+//! to sleep in the kernel, the iothread of a context with polled handlers spins
+//! for a short, self-tuning window. Each round asks the handlers that can tell
+//! readiness from shared memory (an io_uring completion queue) whether they have
+//! work, watches the protocol's epoch for published BHs, and asks the kernel for
+//! ready fds without waiting (`epoll_wait(0)`, so a queue kick or a timer is
+//! seen as soon as without the spin). Work that arrives within the window then
+//! costs no wake-up of a sleeping thread.
 //!
-//! To the wake-up protocol the spin is only a delay before the iteration's
-//! prepare step (it reads the epoch, announces nothing and takes no lock), and a
-//! handler it finds ready runs in a lock-holding pass without `epoll_wait`, the
-//! shape `dispatch_bhs_only` already has: see `docs/event-loop.md` §4.
+//! To the wake-up protocol the spin is a series of non-blocking polls before the
+//! iteration's prepare step (it announces nothing and takes no lock), and what it
+//! finds is dispatched in an ordinary full pass: see `docs/event-loop.md` §4.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,23 +52,27 @@ pub(crate) fn next_window(cur_ns: u64, spent_ns: u64, found_by_spin: bool, max_n
 }
 
 /// What ended a spin.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum SpinEnd {
     /// A handler's readiness check said yes: its epoll token.
     Ready(u64),
     /// The epoch moved (work was published) or BHs are pending.
     Published,
+    /// The kernel reported this many ready fds.
+    Events(usize),
     /// The window ran out.
     Timeout,
 }
 
-/// Spins until a check says yes, `published()` does, or `window` has passed
-/// since `start`.
+/// Spins until a check says yes, `published()` does, `kernel()` (a
+/// non-blocking `epoll_wait`) reports ready fds, or `window` has passed since
+/// `start`.
 pub(crate) fn spin(
     start: Instant,
     window: Duration,
     polled: &[(u64, PollReady)],
     mut published: impl FnMut() -> bool,
+    mut kernel: impl FnMut() -> usize,
 ) -> SpinEnd {
     loop {
         for (token, ready) in polled {
@@ -78,6 +82,10 @@ pub(crate) fn spin(
         }
         if published() {
             return SpinEnd::Published;
+        }
+        let n = kernel();
+        if n > 0 {
+            return SpinEnd::Events(n);
         }
         if start.elapsed() >= window {
             return SpinEnd::Timeout;
@@ -123,7 +131,7 @@ mod tests {
     }
 
     #[test]
-    fn a_spin_ends_on_readiness_on_publication_or_on_time() {
+    fn a_spin_ends_on_readiness_publication_kernel_events_or_time() {
         use std::sync::atomic::{AtomicU32, Ordering};
         let calls = Arc::new(AtomicU32::new(0));
         let c = calls.clone();
@@ -131,22 +139,38 @@ mod tests {
         let never: PollReady = Arc::new(|| false);
         let long = Duration::from_secs(5);
         let polled = [(7, never.clone()), (9, third_time)];
-        assert_eq!(
-            spin(Instant::now(), long, &polled, || false),
-            SpinEnd::Ready(9)
-        );
+        let ready = spin(Instant::now(), long, &polled, || false, || 0);
+        assert_eq!(ready, SpinEnd::Ready(9));
         assert_eq!(calls.load(Ordering::Relaxed), 3);
 
         let mut n = 0;
         let only_never = [(7, never)];
-        let published = spin(Instant::now(), long, &only_never, || {
-            n += 1;
-            n == 4
-        });
+        let published = spin(
+            Instant::now(),
+            long,
+            &only_never,
+            || {
+                n += 1;
+                n == 4
+            },
+            || 0,
+        );
         assert_eq!(published, SpinEnd::Published);
 
+        let mut asked = 0;
+        let kernel = || {
+            asked += 1;
+            if asked == 3 {
+                2
+            } else {
+                0
+            }
+        };
+        let events = spin(Instant::now(), long, &only_never, || false, kernel);
+        assert_eq!(events, SpinEnd::Events(2));
+
         let t = Instant::now();
-        let end = spin(t, Duration::from_micros(200), &only_never, || false);
+        let end = spin(t, Duration::from_micros(200), &only_never, || false, || 0);
         assert_eq!(end, SpinEnd::Timeout);
         assert!(t.elapsed() >= Duration::from_micros(200));
     }

@@ -514,58 +514,81 @@ impl AioContext {
         }
         carry.bh_only_passes = 0;
         let polled = Arc::clone(&lock(&self.fds).polled);
-        // Only a context with polled handlers times its iterations.
+        // Only a context with polled handlers spins, and times its iterations.
         let spin_start = (!polled.is_empty()).then(Instant::now);
         let max_ns = self.poll_max_ns.load(Ordering::Relaxed);
-        let mut found_by_spin = false;
-        let spin_from = spin_start.filter(|_| carry.window_ns > 0);
-        if let Some(start) = spin_from.filter(|_| !self.shared.pending_bhs().0) {
-            let epoch = self.shared.core.snapshot();
-            let window = Duration::from_nanos(carry.window_ns);
-            match busy_poll::spin(start, window, &polled, || {
-                self.shared.core.snapshot() != epoch
-            }) {
-                SpinEnd::Ready(token) => {
-                    carry.window_ns = busy_poll::next_window(carry.window_ns, 0, true, max_ns);
-                    self.ctx_lock.lock();
-                    let _guard = ContextGuard { ctx: self };
-                    self.dispatch_polled(token);
-                    carry.quiet_left = self.shared.has_unscanned_quiet_work();
-                    return;
-                }
-                // The wait below finds the work without blocking.
-                SpinEnd::Published => found_by_spin = true,
-                SpinEnd::Timeout => {}
-            }
-        }
         let mut events = [EpollEvent::default(); EVENTS_PER_WAIT];
-        self.shared.trace.record(Ev::LoopWait, 0);
         let gen = self.dispatch_gen.load(Ordering::Relaxed);
-        let mut n = self.prepare_and_wait(true, &mut events);
+        let spun = match spin_start.filter(|_| carry.window_ns > 0) {
+            Some(start) => self.spin_for_work(start, carry.window_ns, &polled, &mut events),
+            None => SpinEnd::Timeout,
+        };
+        let mut n = match spun {
+            SpinEnd::Events(n) => n,
+            SpinEnd::Ready(_) => 0,
+            // Published work makes the wait below return at once.
+            SpinEnd::Published | SpinEnd::Timeout => {
+                self.shared.trace.record(Ev::LoopWait, 0);
+                self.prepare_and_wait(true, &mut events)
+            }
+        };
         self.ctx_lock.lock();
         // Relaxed is enough: the lock acquisition orders us after the last dispatch.
-        if self.dispatch_gen.load(Ordering::Relaxed) != gen {
-            // A nested poller dispatched while we waited without the lock: what we
-            // gathered may be stale (it ran those fds). Gather afresh under the lock.
+        let stale = self.dispatch_gen.load(Ordering::Relaxed) != gen;
+        if stale || matches!(spun, SpinEnd::Ready(_)) {
+            // Stale: a nested poller dispatched while we waited without the lock,
+            // and what we gathered may be stale (it ran those fds). Ready: a
+            // readiness check found work before the kernel said so; ask the
+            // kernel now anyway, so that this is a full pass and a check that
+            // keeps saying yes never starves other fds or timers.
             n = self.epoll.wait(0, &mut events).unwrap_or(0);
         }
         if let Some(start) = spin_start {
             let spent = start.elapsed().as_nanos() as u64;
-            carry.window_ns = busy_poll::next_window(carry.window_ns, spent, found_by_spin, max_ns);
+            let found = spun != SpinEnd::Timeout;
+            carry.window_ns = busy_poll::next_window(carry.window_ns, spent, found, max_ns);
         }
         let _guard = ContextGuard { ctx: self };
+        if let SpinEnd::Ready(token) = spun {
+            if !events[..n].iter().any(|e| e.data() == token) {
+                self.dispatch_fd(token, EventSet::IN);
+            }
+        }
         self.dispatch(&events[..n], Poller::IoThread);
         // Read before the guard's drop, whose release check clears the flag.
         carry.quiet_left = self.shared.has_unscanned_quiet_work();
     }
 
-    /// A pass for a read handler that the busy poll found ready (lock held): runs
-    /// it without asking the kernel, then the pending BHs, like
-    /// `dispatch_bhs_only` (fd events and timers wait for the next full pass).
-    fn dispatch_polled(&self, token: u64) -> bool {
-        self.shared.trace.record(Ev::BusyPollHit, token as i64);
-        let ran = self.dispatch_fd(token, EventSet::IN);
-        self.dispatch(&[], Poller::IoThread) | ran
+    /// The iothread's busy poll (lock not held): spins for up to `window_ns` from
+    /// `start` over the readiness checks, the epoch and non-blocking
+    /// `epoll_wait`s (whose events land in `events`). Work pending when it
+    /// starts ends it at once.
+    fn spin_for_work(
+        &self,
+        start: Instant,
+        window_ns: u64,
+        polled: &[(u64, PollReady)],
+        events: &mut [EpollEvent],
+    ) -> SpinEnd {
+        // Snapshot before the scan, as in `prepare_and_wait`.
+        let epoch = self.shared.core.snapshot();
+        if self.shared.pending_bhs().0 {
+            return SpinEnd::Published;
+        }
+        let end = busy_poll::spin(
+            start,
+            Duration::from_nanos(window_ns),
+            polled,
+            || self.shared.core.snapshot() != epoch,
+            || self.epoll.wait(0, events).unwrap_or(0),
+        );
+        let arg = match end {
+            SpinEnd::Ready(token) => token as i64,
+            SpinEnd::Events(n) => -(n as i64),
+            SpinEnd::Published | SpinEnd::Timeout => return end,
+        };
+        self.shared.trace.record(Ev::BusyPollHit, arg);
+        end
     }
 
     /// Caps the iothread's busy polling before it sleeps (QEMU's `poll-max-ns`;

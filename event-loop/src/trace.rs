@@ -46,7 +46,9 @@ pub(crate) enum Ev {
     /// A pass that runs BHs only, without asking the kernel for events (the
     /// caller left quiet work); arg = such passes in a row.
     BhOnlyPass,
-    /// The iothread's busy poll found a read handler ready; arg = its token.
+    /// The iothread's busy poll found work: arg = the token of a read handler
+    /// whose readiness check said yes, or minus the number of fds the kernel
+    /// reported ready.
     BusyPollHit,
 }
 

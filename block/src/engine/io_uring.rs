@@ -46,18 +46,29 @@ use crate::{BlockError, Op};
 const ENTRIES: u32 = 128;
 
 thread_local! {
-    /// Set while this thread runs completion callbacks in `Shared::reap`: what
-    /// they submit goes to the kernel at once instead of being plugged.
-    static IN_REAP_CALLBACK: Cell<bool> = const { Cell::new(false) };
+    /// Set while this thread runs a completion callback in `Shared::reap`: the
+    /// engine (its `Shared`'s address) and the context's dispatch generation.
+    /// What the callback submits to that engine in that dispatch goes to the
+    /// kernel at once instead of being plugged; a nested poll in the callback
+    /// starts another dispatch, whose submissions (a queue kick's) are plugged.
+    static IN_REAP_CALLBACK: Cell<Option<(usize, u64)>> = const { Cell::new(None) };
 }
 
-/// Marks the callbacks of a reap (see `IN_REAP_CALLBACK`) until dropped; restores
-/// the outer value, so a reap nested in a callback's poll leaves it set.
-struct ReapCallbacks(bool);
+/// Marks a reap's callbacks (see `IN_REAP_CALLBACK`) until dropped; restores
+/// the outer value, for a reap nested in a callback's poll.
+struct ReapCallbacks(Option<(usize, u64)>);
 
 impl ReapCallbacks {
     fn enter() -> ReapCallbacks {
-        ReapCallbacks(IN_REAP_CALLBACK.with(|c| c.replace(true)))
+        ReapCallbacks(IN_REAP_CALLBACK.with(Cell::get))
+    }
+
+    /// Marks the next callback: it runs in `engine`'s reap, in the context's
+    /// current dispatch.
+    fn mark(&self, engine: &Shared) {
+        let gen = engine.ctx.upgrade().map(|c| c.dispatch_generation());
+        let mark = gen.map(|gen| (engine as *const Shared as usize, gen));
+        IN_REAP_CALLBACK.with(|c| c.set(mark));
     }
 }
 
@@ -75,7 +86,11 @@ pub(crate) struct UringEngine {
 }
 
 struct Shared {
-    ring: Mutex<Ring>,
+    /// Behind its own `Arc`: the busy poll's readiness check holds only the ring
+    /// (weakly), never the file and its image lock.
+    ring: Arc<Mutex<Ring>>,
+    /// For the dispatch generation that marks a reap's callbacks.
+    ctx: Weak<AioContext>,
     eventfd: EventFd,
     file: Arc<RawFile>,
     /// Enters the kernel with the entries queued since the last submit (the unplug).
@@ -102,6 +117,10 @@ struct Ring {
     finished: Vec<(Completion, Result<usize, BlockError>)>,
     /// Set by a hard `io_uring_enter` failure (its errno): never enter again.
     broken: Option<i32>,
+    /// The kernel's TASKRUN mark outlived a reap: the completions it announces
+    /// wait for another thread that entered this ring (a vCPU), not for the
+    /// iothread, so the readiness check ignores the mark until it clears.
+    taskrun_elsewhere: bool,
     /// `io_uring_enter` calls made to submit (tests check the batching with it).
     #[cfg(test)]
     enters: u64,
@@ -162,7 +181,8 @@ impl UringEngine {
                     }
                 })
             },
-            ring: Mutex::new(Ring {
+            ctx: Arc::downgrade(&ctx),
+            ring: Arc::new(Mutex::new(Ring {
                 ring,
                 slots: (0..ENTRIES).map(|_| None).collect(),
                 free: (0..ENTRIES as usize).rev().collect(),
@@ -175,14 +195,15 @@ impl UringEngine {
                 broken: None,
                 #[cfg(test)]
                 enters: 0,
+                taskrun_elsewhere: false,
                 #[cfg(test)]
                 fail_next_enter: None,
-            }),
+            })),
             eventfd,
             file: Arc::clone(&file),
         });
         let handler_shared = Arc::clone(&shared);
-        let ready_shared = Arc::downgrade(&shared);
+        let ready_ring = Arc::downgrade(&shared.ring);
         ctx.set_fd_handler_polled(
             shared.eventfd.as_raw_fd(),
             Box::new(move || {
@@ -193,8 +214,9 @@ impl UringEngine {
                 // that saw the TASKRUN flag finds them in the reap.
                 let _ = handler_shared.eventfd.read();
                 handler_shared.reap();
+                handler_shared.note_foreign_taskrun();
             }),
-            Arc::new(move || ready_shared.upgrade().is_some_and(|s| s.ready())),
+            Arc::new(move || ready_ring.upgrade().is_some_and(|r| Shared::ready(&r))),
         )
         .map_err(BlockError::EventLoop)?;
         let fallback = ThreadsEngine::new(Arc::clone(&ctx), file);
@@ -228,7 +250,11 @@ impl Engine for UringEngine {
                 // 0.9x and more at once; docs/block.md).
                 let plug = self.ctx.is_held_by_current_thread()
                     && !super::submitting_at_once()
-                    && !IN_REAP_CALLBACK.with(Cell::get);
+                    && IN_REAP_CALLBACK.with(Cell::get)
+                        != Some((
+                            Arc::as_ptr(&self.shared) as usize,
+                            self.ctx.dispatch_generation(),
+                        ));
                 let mut ring = self.shared.ring.lock().unwrap();
                 if ring.broken.is_some() {
                     drop(ring);
@@ -431,13 +457,31 @@ impl Ring {
 impl Shared {
     /// Whether the completion handler has work, read from the rings' shared
     /// memory (the busy poll's check): completions in the queue, or the kernel's
-    /// mark that it holds some for our next system call. A ring someone else is
-    /// using counts as not ready.
-    fn ready(&self) -> bool {
-        let Ok(mut ring) = self.ring.try_lock() else {
+    /// mark that it holds some for our next system call, unless the last reap
+    /// showed that mark to be another thread's. A ring someone else is using
+    /// counts as not ready.
+    fn ready(ring: &Mutex<Ring>) -> bool {
+        let Ok(mut ring) = ring.try_lock() else {
             return false;
         };
-        !ring.ring.completion().is_empty() || ring.ring.submission().taskrun()
+        if !ring.ring.completion().is_empty() {
+            return true;
+        }
+        if !ring.ring.submission().taskrun() {
+            ring.taskrun_elsewhere = false;
+            return false;
+        }
+        !ring.taskrun_elsewhere
+    }
+
+    /// After a reap (whose eventfd read ran the iothread's own pending
+    /// completions): a TASKRUN mark still set with nothing to reap is another
+    /// thread's; without this the busy poll would find it "ready" and run the
+    /// handler for nothing until that thread entered the kernel.
+    fn note_foreign_taskrun(&self) {
+        let mut ring = self.ring.lock().unwrap();
+        ring.taskrun_elsewhere =
+            ring.ring.submission().taskrun() && ring.ring.completion().is_empty();
     }
 
     /// Enters the kernel with the queued entries (the flush BH). Requests failed by
@@ -515,10 +559,12 @@ impl Shared {
                 }
             }
             ran_callbacks = true;
-            let _restore = ReapCallbacks::enter();
+            let marks = ReapCallbacks::enter();
             for (done, result) in finished.drain(..) {
+                marks.mark(self);
                 done(result);
             }
+            drop(marks);
         }
     }
 }
@@ -675,6 +721,55 @@ mod tests {
             "the callback's request waited in the submission queue"
         );
         assert_eq!(enters(&engine), 2, "one enter for each request");
+        assert!(first.iter().all(|&b| b == 0) && second.iter().all(|&b| b == 1));
+    }
+
+    #[test]
+    fn a_callbacks_nested_dispatch_plugs_its_submissions_again() {
+        let (_img, ctx, engine) = engine();
+        let engine = Arc::new(engine);
+        let (mut first, mut second) = (vec![0xffu8; BS], vec![0xffu8; BS]);
+        // SAFETY: both buffers outlive their requests (we poll until the second
+        // completed; it is submitted after the first completed).
+        let iov1 = unsafe { IoVec::new(first.as_mut_ptr(), BS) };
+        // SAFETY: as above.
+        let iov2 = unsafe { IoVec::new(second.as_mut_ptr(), BS) };
+        let queued_after_submit = Arc::new(AtomicUsize::new(usize::MAX));
+        let second_done = Arc::new(AtomicUsize::new(0));
+        let (e, c, q, d) = (
+            Arc::clone(&engine),
+            Arc::clone(&ctx),
+            Arc::clone(&queued_after_submit),
+            Arc::clone(&second_done),
+        );
+        let _lock = ctx.acquire();
+        let read = |offset, iov| Request::Read {
+            offset,
+            iov: Segments::One(iov),
+        };
+        engine.submit(
+            read(0, iov1),
+            Box::new(move |result| {
+                assert_eq!(result.unwrap(), BS);
+                // A nested dispatch, as a callback waiting in a nested poll runs:
+                // what is submitted in it (or after it) is plugged as usual.
+                c.poll(false);
+                let done = Box::new(move |r: Result<usize, BlockError>| {
+                    d.store(r.unwrap(), Ordering::Release);
+                });
+                e.submit(read(BS as u64, iov2), done);
+                q.store(
+                    e.shared.ring.lock().unwrap().queued.len(),
+                    Ordering::Release,
+                );
+            }),
+        );
+        ctx.poll_while(|| second_done.load(Ordering::Acquire) == 0);
+        assert_eq!(
+            queued_after_submit.load(Ordering::Acquire),
+            1,
+            "not plugged"
+        );
         assert!(first.iter().all(|&b| b == 0) && second.iter().all(|&b| b == 1));
     }
 
