@@ -24,7 +24,8 @@
 //!
 //! Run: `cargo bench -p devices --bench scsi_iops` (env `SCSI_BENCH_SECS`,
 //! default 3; `SCSI_BENCH_ROUNDS`, default 5, alternating device and fio and
-//! keeping the best of each; `SCSI_BENCH_ENGINES`, default `io_uring,threads`).
+//! keeping the best of each; `SCSI_BENCH_ENGINES`, default `io_uring,threads`;
+//! `SCSI_BENCH_POLL_MAX_US` caps the iothread's busy poll, 0 turns it off).
 //! Next to the best-of ratio the bench prints the median of the rounds' own
 //! ratios (each device run against the fio run right after it), which a single
 //! disturbed run moves less.
@@ -208,6 +209,12 @@ struct FioCpu {
 
 fn run_device(aio: AioMode, secs: u64) -> (f64, DeviceCpu) {
     let ctx = AioContext::new().expect("context");
+    if let Some(us) = std::env::var("SCSI_BENCH_POLL_MAX_US")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        ctx.set_poll_max(Duration::from_micros(us));
+    }
     let before: Vec<u32> = task_ids();
     let iothread = IoThread::spawn("bench-iothread", Arc::clone(&ctx)).expect("iothread");
     let options = BlockOptions {
