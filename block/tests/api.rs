@@ -341,6 +341,37 @@ fn second_opener_is_refused_while_first_holds_the_image() {
     let _r2 = BlockBackend::open(img.path(), &ro, ctx).expect("readers share");
 }
 
+/// An io_uring backend dropped while the iothread busy-polls its completion queue
+/// releases the image at once: the readiness check, which the spinning iothread
+/// may be running at that moment, holds only the ring, never the file.
+#[test]
+fn an_image_dropped_under_a_spinning_iothread_reopens_at_once() {
+    let _wd = common::deadline(std::time::Duration::from_secs(60));
+    let img = image_in("/dev/shm", MIB);
+    let ctx = AioContext::new().unwrap();
+    let iothread = IoThread::spawn("reopen-spin", ctx.clone()).unwrap();
+    let options = opts(AioMode::IoUring, CacheMode::Writeback);
+    let mut buf = vec![0u8; 8 * 4096];
+    for round in 0..200 {
+        let backend = BlockBackend::open(img.path(), &options, ctx.clone())
+            .unwrap_or_else(|e| panic!("round {round}: reopen refused: {e}"));
+        // Async reads complete on the iothread and keep its window open.
+        let (tx, rx) = mpsc::channel();
+        for i in 0..8u64 {
+            let tx = tx.clone();
+            let iov = seg(&mut buf, i as usize * 4096, 4096);
+            backend.aio_readv(i * 4096, vec![iov], move |r| {
+                tx.send(r.map(|_| ())).unwrap();
+            });
+        }
+        for _ in 0..8 {
+            rx.recv().unwrap().unwrap();
+        }
+        drop(backend);
+    }
+    iothread.stop();
+}
+
 /// The synchronous helpers of aio=threads run their request on the waiting thread
 /// and collect the completion in their own nested poll: no pool worker is started
 /// and the idle iothread sleeping on the same context is never woken (no eventfd

@@ -212,7 +212,14 @@ impl UringEngine {
                 // read is also the system call on whose return the kernel posts
                 // completions it finished for us (COOP_TASKRUN), so a busy poll
                 // that saw the TASKRUN flag finds them in the reap.
+                let own_taskrun = handler_shared.taskrun_marked();
                 let _ = handler_shared.eventfd.read();
+                if own_taskrun {
+                    // The read's return posted the completions the kernel held
+                    // for us, and each signalled the eventfd again: clear that
+                    // too, or the next pass finds it readable with nothing to do.
+                    let _ = handler_shared.eventfd.read();
+                }
                 handler_shared.reap();
                 handler_shared.note_foreign_taskrun();
             }),
@@ -472,6 +479,14 @@ impl Shared {
             return false;
         }
         !ring.taskrun_elsewhere
+    }
+
+    /// Whether the kernel marked the ring as holding completions for a thread's
+    /// next system call, and the last reap did not show the mark to be another
+    /// thread's.
+    fn taskrun_marked(&self) -> bool {
+        let mut ring = self.ring.lock().unwrap();
+        ring.ring.submission().taskrun() && !ring.taskrun_elsewhere
     }
 
     /// After a reap (whose eventfd read ran the iothread's own pending
