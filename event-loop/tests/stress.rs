@@ -18,6 +18,7 @@ fn config(fault: Option<Fault>, duration: Duration) -> StressConfig {
         schedulers: 2,
         jobs_per_poll: 3,
         inline_jobs: true,
+        busy_poll: false,
     }
 }
 
@@ -32,6 +33,24 @@ fn original_scenario_never_hangs() {
             );
         }
         Outcome::Hang { report, .. } => panic!("lost wake-up in the real protocol:\n{report}"),
+    }
+}
+
+/// The same with the iothread busy-polling between its waits (a polled handler
+/// registered): the spin's non-blocking polls and its full passes for stale
+/// readiness lose no wake-up either.
+#[test]
+fn original_scenario_with_a_busy_polling_iothread_never_hangs() {
+    let cfg = StressConfig {
+        busy_poll: true,
+        ..config(None, Duration::from_secs(4))
+    };
+    match run_stress(&cfg) {
+        Outcome::Completed { iterations } => assert!(
+            iterations > 1000,
+            "too few iterations ({iterations}) to mean anything"
+        ),
+        Outcome::Hang { report, .. } => panic!("lost wake-up with busy polling:\n{report}"),
     }
 }
 
@@ -88,6 +107,21 @@ fn positive_control_q_release_without_waking_for_quiet_work_hangs() {
     };
     // Evidence: a release that skipped its wake-up (arg -3).
     expect_hang_in(cfg, "NotifySkipped(-3)");
+}
+
+/// Failure (a) is still caught with the iothread busy-polling: the spin ends
+/// and the thread sleeps once the window shrinks, so a lost wake-up still
+/// strands the work (the spin does not hide the bug from this test).
+#[test]
+fn positive_control_a_with_a_busy_polling_iothread_hangs() {
+    let cfg = StressConfig {
+        busy_poll: true,
+        ..config(
+            Some(Fault::SkipNotifyWhileDispatching),
+            Duration::from_secs(20),
+        )
+    };
+    expect_hang_in(cfg, "NotifySkipped(-1)");
 }
 
 #[test]

@@ -33,6 +33,9 @@ pub struct StressConfig {
     /// sixth round it then lets the lock go without polling, leaving that quietly
     /// published completion to the iothread.
     pub inline_jobs: bool,
+    /// Registers a polled handler, so the iothread busy-polls between waits
+    /// (its check says yes now and then, with nothing to do: stale readiness).
+    pub busy_poll: bool,
 }
 
 /// How a run ended.
@@ -82,6 +85,25 @@ fn wait_for(count: &AtomicU64, target: u64, stop: &AtomicBool) {
     }
 }
 
+/// A read handler on an eventfd nobody writes, whose readiness check says yes
+/// once in 512 calls: the iothread spins, and now and then runs a full pass for
+/// nothing. The handler keeps the fd open (a hung run leaks the context).
+fn register_stale_polled_handler(ctx: &Arc<AioContext>) {
+    use std::os::unix::io::AsRawFd;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+    let fd = Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+    let keep = fd.clone();
+    let calls = AtomicU64::new(0);
+    ctx.set_fd_handler_polled(
+        fd.as_raw_fd(),
+        Box::new(move || {
+            let _ = keep.read();
+        }),
+        Arc::new(move || calls.fetch_add(1, Ordering::Relaxed) % 512 == 511),
+    )
+    .expect("polled handler");
+}
+
 /// Runs the scenario once under the watchdog.
 pub fn run_stress(cfg: &StressConfig) -> Outcome {
     let ctx = AioContext::new().expect("context");
@@ -89,6 +111,9 @@ pub fn run_stress(cfg: &StressConfig) -> Outcome {
         ctx.set_fault(f, true);
     }
     ctx.thread_pool().set_max_workers(4);
+    if cfg.busy_poll {
+        register_stale_polled_handler(&ctx);
+    }
     let io = IoThread::spawn("stress-iothread", ctx.clone()).expect("iothread");
     let stop = Arc::new(AtomicBool::new(false));
     let progress = Arc::new(AtomicU64::new(0));
