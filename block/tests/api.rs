@@ -507,6 +507,59 @@ fn memory_backed_small_requests_run_on_the_submitter() {
     assert!(write_batch("/var/tmp", 3, 4096) >= 1, "disk: workers");
 }
 
+/// With two tmpfs disks on one context, the first small request of a dispatch
+/// runs inline on each of them (the count is per backend); a second one on the
+/// same disk waits for the dispatch's end.
+#[test]
+fn the_first_small_request_of_a_dispatch_runs_inline_on_each_disk() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let _wd = common::deadline(Duration::from_secs(30));
+    let imgs = [image_in("/dev/shm", MIB), image_in("/dev/shm", MIB)];
+    let ctx = AioContext::new().unwrap();
+    let options = opts(AioMode::Threads, CacheMode::Writeback);
+    let disks: Vec<BlockBackend> = imgs
+        .iter()
+        .map(|img| BlockBackend::open(img.path(), &options, ctx.clone()).unwrap())
+        .collect();
+    let mut bufs = [vec![0xa1u8; 4096], vec![0xb2u8; 4096], vec![0xc3u8; 4096]];
+    let done = Arc::new(AtomicUsize::new(0));
+    let first_byte = |i: usize, offset: u64| {
+        let mut b = [0u8; 1];
+        std::fs::File::open(imgs[i].path())
+            .unwrap()
+            .read_exact_at(&mut b, offset)
+            .unwrap();
+        b[0]
+    };
+    let _lock = ctx.acquire();
+    // One dispatch: disk 0, disk 1, disk 0 again.
+    for (n, (disk, offset)) in [(0usize, 0u64), (1, 0), (0, 4096)].into_iter().enumerate() {
+        let d = done.clone();
+        let iov = seg(&mut bufs[n], 0, 4096);
+        disks[disk].aio_writev(offset, vec![iov], WriteMode::Normal, move |r| {
+            r.unwrap();
+            d.fetch_add(1, Ordering::AcqRel);
+        });
+    }
+    assert_eq!(
+        first_byte(0, 0),
+        0xa1,
+        "disk 0's first write did not run inline"
+    );
+    assert_eq!(
+        first_byte(1, 0),
+        0xb2,
+        "disk 1's first write did not run inline"
+    );
+    assert_eq!(
+        first_byte(0, 4096),
+        0,
+        "disk 0's second write ran before the dispatch's end"
+    );
+    ctx.poll_while(|| done.load(Ordering::Acquire) < 3);
+    assert_eq!(first_byte(0, 4096), 0xc3);
+}
+
 /// Submits `count` writes of `len` bytes under the lock on a fresh context,
 /// polls until all completed, checks the file, and returns the pool workers
 /// started.

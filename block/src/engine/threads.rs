@@ -2,7 +2,6 @@
 //! the pool runs the completion on the context. Also the executor io_uring falls
 //! back to for discard and write-zeroes.
 
-use std::cell::Cell;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -24,8 +23,8 @@ const INLINE_MAX_BYTES: u64 = 128 << 10;
 const SHARE_FROM: usize = 4;
 
 thread_local! {
-    /// (context, dispatch generation, memory-backed requests seen in it).
-    static DISPATCH_RUN: Cell<(usize, u64, u32)> = const { Cell::new((0, u64::MAX, 0)) };
+    /// Its address tells the threads apart in `Plug::dispatch_run`.
+    static THREAD_MARK: u8 = const { 0 };
 }
 
 /// The thread-pool engine.
@@ -39,6 +38,10 @@ pub(crate) struct ThreadsEngine {
 struct Plug {
     file: Arc<RawFile>,
     queued: Mutex<Vec<(Request, Completion)>>,
+    /// (submitting thread, dispatch generation, small memory copies this backend
+    /// got from that thread in that dispatch): per backend, so with two disks
+    /// on one iothread each one's first request of a dispatch runs inline.
+    dispatch_run: Mutex<(usize, u64, u32)>,
     ctx: Weak<AioContext>,
 }
 
@@ -47,6 +50,7 @@ impl ThreadsEngine {
         let plug = Arc::new(Plug {
             file,
             queued: Mutex::new(Vec::new()),
+            dispatch_run: Mutex::new((0, u64::MAX, 0)),
             ctx: Arc::downgrade(&ctx),
         });
         let bh_plug = Arc::clone(&plug);
@@ -70,21 +74,19 @@ impl ThreadsEngine {
             && req.len() <= INLINE_MAX_BYTES
     }
 
-    /// How many small memory copies this thread has submitted to this context in
-    /// its current dispatch, this one included.
+    /// How many small memory copies this thread has submitted to this backend in
+    /// the context's current dispatch, this one included.
     fn nth_in_this_dispatch(&self) -> u32 {
-        let ctx_id = Arc::as_ptr(&self.ctx) as usize;
+        let me = THREAD_MARK.with(|m| m as *const u8 as usize);
         let gen = self.ctx.dispatch_generation();
-        DISPATCH_RUN.with(|run| {
-            let (id, seen, count) = run.get();
-            let count = if (id, seen) == (ctx_id, gen) {
-                count + 1
-            } else {
-                1
-            };
-            run.set((ctx_id, gen, count));
-            count
-        })
+        let mut run = self.plug.dispatch_run.lock().unwrap();
+        let count = if (run.0, run.1) == (me, gen) {
+            run.2 + 1
+        } else {
+            1
+        };
+        *run = (me, gen, count);
+        count
     }
 }
 
