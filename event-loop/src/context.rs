@@ -653,8 +653,9 @@ impl AioContext {
     /// Sets the read handler of `fd` together with `ready`, a check the iothread's
     /// busy poll calls (without the lock, from the iothread only) to learn that
     /// `read` has work before the kernel says so. When it says yes, the iothread
-    /// runs `read` under the lock without asking the kernel: `read` must cope with
-    /// finding nothing to do. Any thread, like [`Self::set_fd_handler`].
+    /// runs `read` under the lock in a full pass, whether or not the kernel
+    /// reports the fd: `read` must cope with finding nothing to do. Any thread,
+    /// like [`Self::set_fd_handler`].
     pub fn set_fd_handler_polled(
         &self,
         fd: RawFd,
