@@ -32,7 +32,7 @@ use std::collections::VecDeque;
 use std::os::unix::io::AsRawFd;
 use std::sync::{Arc, Mutex, Weak};
 
-use event_loop::{AioContext, BottomHalf};
+use event_loop::{AioContext, BottomHalf, Timer};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -44,6 +44,11 @@ use crate::{BlockError, Op};
 
 /// Ring size (submission queue entries); the most requests in flight in the kernel.
 const ENTRIES: u32 = 128;
+
+/// How long queued entries wait before another `io_uring_enter`, after the kernel
+/// refused them for lack of resources (EAGAIN/EBUSY) with nothing of ours in
+/// flight whose completion would bring a reap (and its flush).
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(1);
 
 thread_local! {
     /// Set while this thread runs a completion callback in `Shared::reap`: the
@@ -95,6 +100,9 @@ struct Shared {
     file: Arc<RawFile>,
     /// Enters the kernel with the entries queued since the last submit (the unplug).
     flush_bh: BottomHalf,
+    /// Enters the kernel again after it refused a batch with nothing in flight
+    /// (see `RETRY_AFTER`).
+    retry_timer: Timer,
 }
 
 struct Ring {
@@ -177,6 +185,14 @@ impl UringEngine {
                 let bh_shared = Weak::clone(weak);
                 ctx.new_bh("block-io_uring-submit", move || {
                     if let Some(shared) = Weak::upgrade(&bh_shared) {
+                        shared.flush();
+                    }
+                })
+            },
+            retry_timer: {
+                let timer_shared = Weak::clone(weak);
+                ctx.new_timer(move || {
+                    if let Some(shared) = Weak::upgrade(&timer_shared) {
                         shared.flush();
                     }
                 })
@@ -278,6 +294,7 @@ impl Engine for UringEngine {
                 let mut schedule = false;
                 if !plug {
                     ring.flush();
+                    self.shared.retry_if_stalled(&ring);
                 } else if !ring.flush_scheduled && !ring.queued.is_empty() {
                     ring.flush_scheduled = true;
                     schedule = true;
@@ -308,6 +325,11 @@ impl Drop for UringEngine {
 }
 
 impl Ring {
+    /// Requests the kernel has taken and not completed.
+    fn in_kernel(&self) -> usize {
+        ENTRIES as usize - self.free.len() - self.queued.len()
+    }
+
     /// Puts a fresh request into a free slot and queues its entry (see `flush`).
     fn start(
         &mut self,
@@ -504,9 +526,20 @@ impl Shared {
     /// the context.
     fn flush(&self) {
         let mut ring = self.ring.lock().unwrap();
-        if ring.flush() {
+        let failed = ring.flush();
+        self.retry_if_stalled(&ring);
+        if failed {
             drop(ring);
             let _ = self.eventfd.write(1);
+        }
+    }
+
+    /// After a flush: entries the kernel refused for lack of resources wait for
+    /// the next flush, which a completion's reap brings; with none of ours in the
+    /// kernel no completion will come, so a timer retries.
+    fn retry_if_stalled(&self, ring: &Ring) {
+        if !ring.queued.is_empty() && ring.broken.is_none() && ring.in_kernel() == 0 {
+            self.retry_timer.arm_after(RETRY_AFTER);
         }
     }
 
@@ -557,6 +590,7 @@ impl Shared {
                 // Resubmitted rests, refills from the backlog and whatever the last
                 // round of callbacks queued go to the kernel together.
                 ring.flush();
+                self.retry_if_stalled(ring);
                 finished.extend(ring.failed.drain(..).map(|(done, err)| (done, Err(err))));
                 if finished.is_empty() {
                     if ring.finished.capacity() < finished.capacity() {
@@ -793,6 +827,34 @@ mod tests {
             good.load(Ordering::Acquire) < COUNT || more_good.load(Ordering::Acquire) < COUNT
         });
         assert_eq!(enters(&engine), 1);
+    }
+
+    #[test]
+    fn a_batch_the_kernel_refuses_for_lack_of_resources_is_retried() {
+        // A hang here is the bug: abort (failing the run) instead of stalling CI.
+        let (alive, watchdog) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let limit = std::time::Duration::from_secs(20);
+            if watchdog.recv_timeout(limit) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                eprintln!("a refused batch was never retried: aborting");
+                std::process::abort();
+            }
+        });
+        let (_img, ctx, engine) = engine();
+        let _lock = ctx.acquire();
+        // The batch's enter fails with EAGAIN and nothing else is in flight: no
+        // completion will bring a reap, so only the retry timer can send it.
+        engine.shared.ring.lock().unwrap().fail_next_enter = Some(libc::EAGAIN);
+        let mut bufs = vec![vec![0xffu8; BS]; COUNT];
+        let good = read_all(&engine, &mut bufs);
+        ctx.poll_while(|| good.load(Ordering::Acquire) < COUNT);
+        assert_eq!(
+            enters(&engine),
+            1,
+            "the refused batch was entered once more"
+        );
+        assert!(bufs.iter().enumerate().all(|(i, b)| b[0] == i as u8));
+        drop(alive);
     }
 
     #[test]
