@@ -237,7 +237,6 @@ impl UringEngine {
                     let _ = handler_shared.eventfd.read();
                 }
                 handler_shared.reap();
-                handler_shared.note_foreign_taskrun();
             }),
             Arc::new(move || ready_ring.upgrade().is_some_and(|r| Shared::ready(&r))),
         )
@@ -511,16 +510,6 @@ impl Shared {
         ring.ring.submission().taskrun() && !ring.taskrun_elsewhere
     }
 
-    /// After a reap (whose eventfd read ran the iothread's own pending
-    /// completions): a TASKRUN mark still set with nothing to reap is another
-    /// thread's; without this the busy poll would find it "ready" and run the
-    /// handler for nothing until that thread entered the kernel.
-    fn note_foreign_taskrun(&self) {
-        let mut ring = self.ring.lock().unwrap();
-        ring.taskrun_elsewhere =
-            ring.ring.submission().taskrun() && ring.ring.completion().is_empty();
-    }
-
     /// Enters the kernel with the queued entries (the flush BH). Requests failed by
     /// it complete at the next reap: signals the eventfd, whose handler runs them on
     /// the context.
@@ -593,6 +582,13 @@ impl Shared {
                 self.retry_if_stalled(ring);
                 finished.extend(ring.failed.drain(..).map(|(done, err)| (done, Err(err))));
                 if finished.is_empty() {
+                    // Nothing left to reap: a TASKRUN mark still set now is
+                    // another thread's (the handler's eventfd read ran ours), and
+                    // the readiness check ignores it until it clears; otherwise the
+                    // busy poll would run this handler for nothing until that
+                    // thread entered the kernel.
+                    ring.taskrun_elsewhere =
+                        ring.ring.submission().taskrun() && ring.ring.completion().is_empty();
                     if ring.finished.capacity() < finished.capacity() {
                         ring.finished = finished;
                     }
