@@ -56,4 +56,4 @@ pub use error::Error;
 pub use fault::Fault;
 pub use iothread::IoThread;
 pub use pool::{JobHandle, ThreadPool};
-pub use timer::{now_ns, Timer};
+pub use timer::{coarse_now_ns, now_ns, Timer};
