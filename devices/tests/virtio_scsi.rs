@@ -295,6 +295,55 @@ fn many_requests_in_flight_complete_out_of_submission_order() {
 }
 
 #[test]
+fn mean_in_flight_depth_is_time_weighted() {
+    // The depth statistic runs on the coarse clock (1-4 ms ticks): requests
+    // held at the disk for much longer than a tick must show up as their
+    // count times the hold.
+    const HELD: u64 = 8;
+    const HOLD: std::time::Duration = std::time::Duration::from_millis(60);
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Deferred)]);
+    rig.clear_unit_attention(0, 0);
+    let before = rig.stats.read().expect("controller alive");
+    for i in 0..HELD {
+        ScsiRequestBuilder::submit(
+            &mut rig.driver,
+            REQUEST_QUEUE,
+            lun_bytes(0, 0),
+            i,
+            &read10(i as u32, 1),
+            &[],
+            512,
+        )
+        .expect("free descriptors");
+    }
+    rig.driver.kick(REQUEST_QUEUE);
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while rig.disks[0].pending() < HELD as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "watchdog: requests not submitted"
+        );
+        std::thread::yield_now();
+    }
+    let held_since = std::time::Instant::now();
+    std::thread::sleep(HOLD);
+    assert_eq!(rig.complete_deferred(0), HELD as usize);
+    rig.driver.wait_used(REQUEST_QUEUE, HELD as usize, TIMEOUT);
+    let held = held_since.elapsed();
+    let after = rig.stats.read().expect("controller alive");
+    // Only these requests were in flight since `before`: the area is their
+    // count times the time they were held, give or take a tick at each end.
+    let area_ms = (after.depth_area - before.depth_area) / HELD / 1_000_000;
+    let tick_ms = 5;
+    assert!(
+        area_ms + tick_ms >= HOLD.as_millis() as u64
+            && area_ms <= held.as_millis() as u64 + tick_ms,
+        "depth area {area_ms} ms per request, held {held:?}"
+    );
+    assert_eq!(after.submitted - before.submitted, HELD);
+}
+
+#[test]
 fn event_idx_suppresses_interrupts_until_the_driver_asks() {
     let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
     rig.clear_unit_attention(0, 0);

@@ -165,11 +165,28 @@ pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
     // from an empty one: correct, only not allocation-free.
     let mut batch = SPARE.with(|s| s.take());
     shared.swap_bh_queue(&mut batch);
-    if !batch.is_empty() {
-        lock_slices(shared).push_back(batch);
+    let only = if batch.is_empty() {
+        // Nothing new; the loop below still runs what outer batches left.
+        None
     } else {
+        let mut slices = lock_slices(shared);
+        if batch.len() == 1 && slices.is_empty() {
+            batch.pop_front()
+        } else {
+            slices.push_back(std::mem::take(&mut batch));
+            None
+        }
+    };
+    if let Some(bh) = only {
+        // A lone BH with no outer batch unfinished (the common case: one
+        // completion BH per pass): no later BH of this batch could be stranded
+        // behind a nested poll in its callback, so it needs no slice, which
+        // saves two lock rounds. A nested dispatch in the callback drains
+        // every slice it adds before it returns.
         recycle(batch);
+        return run_one(shared, &bh);
     }
+    recycle(batch);
     let mut progress = false;
     while let Some(bh) = next_from_slices(shared) {
         progress |= run_one(shared, &bh);

@@ -1,11 +1,15 @@
 //! The per-context trace ring: a cheap, always-on record of the wake-up protocol's
 //! steps, dumped when a hang is suspected.
 //!
-//! Each record is three relaxed stores after one `fetch_add` on the head; no lock,
-//! no allocation, no syscall (the coarse clock, read through the vDSO: times in
-//! the dump have the kernel tick's resolution, 1-4 ms). Records from
-//! racing threads may interleave or be torn when the ring wraps; it is a
-//! diagnosis aid, not a log of record.
+//! Each record is two relaxed stores after one `fetch_add` on the head; no lock,
+//! no allocation, no syscall. Only the records of the steps around a wait carry
+//! a time (the coarse clock, read through the vDSO: the kernel tick's
+//! resolution, 1-4 ms), which is what a hang diagnosis needs: when a poller
+//! went to sleep and when it last came back. The steps in between (BHs,
+//! notifies, handlers) happen microseconds apart, several per request, and the
+//! clock read was most of a record's cost. Records from racing threads may
+//! interleave or be torn when the ring wraps; it is a diagnosis aid, not a log
+//! of record.
 
 use std::cell::Cell;
 use std::fmt::Write;
@@ -53,6 +57,14 @@ pub(crate) enum Ev {
 }
 
 impl Ev {
+    /// Whether the record carries a time: the steps around a wait.
+    fn timed(self) -> bool {
+        matches!(
+            self,
+            Ev::PollEnter | Ev::PollExit | Ev::LoopWait | Ev::TimerFire | Ev::BusyPollHit
+        )
+    }
+
     fn from_u8(v: u8) -> Option<Ev> {
         use Ev::*;
         [
@@ -93,7 +105,7 @@ pub(crate) fn trace_tid() -> u64 {
 /// The ring itself.
 pub(crate) struct TraceRing {
     head: AtomicUsize,
-    /// Per slot: timestamp ns.
+    /// Per slot: timestamp ns, or 0 for an untimed record (`Ev::timed`).
     time: Box<[AtomicU64]>,
     /// Per slot: event (8 bits) | thread number (8 bits) | arg (48 bits).
     word: Box<[AtomicU64]>,
@@ -112,11 +124,17 @@ impl TraceRing {
     pub(crate) fn record(&self, ev: Ev, arg: i64) {
         let slot = self.head.fetch_add(1, Relaxed) % RING_LEN;
         let w = (ev as u64) << 56 | (trace_tid() & 0xff) << 48 | (arg as u64 & 0xffff_ffff_ffff);
-        self.time[slot].store(coarse_monotonic_ns(), Relaxed);
+        let time = if ev.timed() {
+            coarse_monotonic_ns()
+        } else {
+            0
+        };
+        self.time[slot].store(time, Relaxed);
         self.word[slot].store(w, Relaxed);
     }
 
     /// The ring as text, oldest first, newest last; `bh_name` names BH ids.
+    /// Untimed records show no time; they happened after the timed one above.
     pub(crate) fn dump(&self, bh_name: impl Fn(u64) -> String) -> String {
         let head = self.head.load(Relaxed);
         let start = head.saturating_sub(RING_LEN);
@@ -132,13 +150,17 @@ impl TraceRing {
             let tid = (w >> 48) & 0xff;
             // Sign-extend the 48-bit argument.
             let arg = ((w << 16) as i64) >> 16;
-            let t0 = *base.get_or_insert(t);
-            let rel_us = t.wrapping_sub(t0) as i64 / 1000;
+            let when = if t == 0 {
+                String::new()
+            } else {
+                let t0 = *base.get_or_insert(t);
+                format!("+{}us", t.wrapping_sub(t0) as i64 / 1000)
+            };
             let what = match ev {
                 Ev::BhSchedule | Ev::BhDispatch => bh_name(arg as u64),
                 _ => arg.to_string(),
             };
-            let _ = writeln!(out, "#{i:<8} +{rel_us:>9}us  t{tid:<3} {ev:?}({what})");
+            let _ = writeln!(out, "#{i:<8} {when:>12}  t{tid:<3} {ev:?}({what})");
         }
         out
     }
@@ -160,5 +182,19 @@ mod tests {
         assert_eq!(lines.len(), RING_LEN);
         assert!(lines.last().unwrap().ends_with("NotifySent(-1)"));
         assert!(lines[0].contains("PollEnter(6)"), "{}", lines[0]);
+    }
+
+    #[test]
+    fn only_the_steps_around_a_wait_carry_a_time() {
+        let ring = TraceRing::new();
+        ring.record(Ev::PollEnter, -1);
+        ring.record(Ev::BhSchedule, 3);
+        ring.record(Ev::PollExit, 1);
+        let text = ring.dump(|id| format!("bh#{id}"));
+        let lines: Vec<_> = text.lines().collect();
+        assert!(lines[0].contains("+0us"), "{}", lines[0]);
+        assert!(!lines[1].contains("us "), "{}", lines[1]);
+        assert!(lines[1].contains("BhSchedule(bh#3)"), "{}", lines[1]);
+        assert!(lines[2].contains("us "), "{}", lines[2]);
     }
 }

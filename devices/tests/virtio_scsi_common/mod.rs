@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use devices::virtio::scsi::mem_backend::{CompletionMode, MemBackend};
-use devices::virtio::scsi::{ScsiDiskConfig, VirtioScsi, VirtioScsiConfig};
+use devices::virtio::scsi::{ScsiDiskConfig, ScsiStatsReader, VirtioScsi, VirtioScsiConfig};
 use devices::virtio::testing::{lun_bytes, MockDriver, ScsiRequestBuilder, ScsiResponse};
 use devices::virtio::MmioTransport;
 use event_loop::{AioContext, IoThread};
@@ -24,6 +24,7 @@ pub struct Rig {
     pub iothread: Option<IoThread>,
     pub driver: MockDriver,
     pub disks: Vec<Arc<MemBackend>>,
+    pub stats: ScsiStatsReader,
     next_tag: u64,
 }
 
@@ -84,6 +85,7 @@ impl Rig {
         let irq = irqfd.try_clone().expect("irqfd clone");
         let scsi =
             VirtioScsi::new(config, configs, Arc::clone(&ctx), mem.clone(), irqfd).expect("scsi");
+        let stats = scsi.stats_reader();
         let transport = MmioTransport::new(Box::new(scsi));
         let mut driver = MockDriver::new(mem, transport, irq);
         let queues = 2 + usize::from(config.num_request_queues);
@@ -94,6 +96,7 @@ impl Rig {
             iothread: Some(iothread),
             driver,
             disks: backends,
+            stats,
             next_tag: 1,
         }
     }
