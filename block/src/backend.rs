@@ -236,7 +236,7 @@ impl BlockBackend {
     pub(crate) fn counted(&self, done: impl FnOnce(IoResult) + Send + 'static) -> Completion {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let in_flight = Arc::clone(&self.in_flight);
-        Box::new(move |result| {
+        Completion::new(move |result| {
             in_flight.fetch_sub(1, Ordering::AcqRel);
             done(result);
         })
@@ -285,7 +285,9 @@ impl BlockBackend {
     /// delivers one callback at a time (a callback may wait in a nested poll for
     /// another such request, as `drain` and dropping the backend do).
     fn complete_later(&self, done: Completion, result: IoResult) {
-        self.ctx.thread_pool().complete_later(move || done(result));
+        self.ctx
+            .thread_pool()
+            .queue_completion_later(done.with_result(result));
     }
 
     /// With O_DIRECT, swaps unaligned segments for one aligned bounce buffer (copied
@@ -300,12 +302,12 @@ impl BlockBackend {
                 let len = total_len(&iov) as usize;
                 let bounce = BounceBuffer::new(len, align);
                 let inner = Segments::One(bounce.iovec(len));
-                let done: Completion = Box::new(move |result| {
+                let done = Completion::new(move |result| {
                     if let Ok(n) = result {
                         bounce.scatter(&iov, n);
                     }
                     drop(bounce);
-                    done(result);
+                    done.complete(result);
                 });
                 (Request::Read { offset, iov: inner }, done)
             }
@@ -314,9 +316,9 @@ impl BlockBackend {
                 let mut bounce = BounceBuffer::new(len, align);
                 bounce.gather(&iov);
                 let inner = Segments::One(bounce.iovec(len));
-                let done: Completion = Box::new(move |result| {
+                let done = Completion::new(move |result| {
                     drop(bounce);
-                    done(result);
+                    done.complete(result);
                 });
                 (
                     Request::Write {

@@ -7,6 +7,7 @@
 //! iothread may be asleep in its own poll of the same context while this thread
 //! polls it, and the pool completes requests from a third thread.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -28,9 +29,31 @@ impl Drop for InFlightGuard<'_> {
 }
 
 /// Where the completion leaves the result for the waiter.
+#[derive(Default)]
 struct Slot {
     done: AtomicBool,
     result: Mutex<Option<IoResult>>,
+}
+
+thread_local! {
+    /// This thread's slot for its next synchronous request: reused, so a
+    /// request allocates no slot (flash writes come thousands at a time). A
+    /// nested synchronous request (from a callback run by the outer one's
+    /// poll) finds it taken and allocates its own.
+    static SPARE_SLOT: Cell<Option<Arc<Slot>>> = const { Cell::new(None) };
+}
+
+fn take_slot() -> Arc<Slot> {
+    SPARE_SLOT.take().unwrap_or_default()
+}
+
+/// Keeps `slot` for the next request unless the completion still holds it
+/// (a worker that set `done` may not have dropped its clone yet).
+fn give_back(mut slot: Arc<Slot>) {
+    if let Some(only_ours) = Arc::get_mut(&mut slot) {
+        *only_ours.done.get_mut() = false;
+        SPARE_SLOT.set(Some(slot));
+    }
 }
 
 impl BlockBackend {
@@ -38,10 +61,7 @@ impl BlockBackend {
     fn run_sync(&self, req: Request) -> IoResult {
         let ctx = Arc::clone(self.context());
         let _lock = ctx.acquire();
-        let slot = Arc::new(Slot {
-            done: AtomicBool::new(false),
-            result: Mutex::new(None),
-        });
+        let slot = take_slot();
         let writer = Arc::clone(&slot);
         let done = self.counted(move |result| {
             *writer.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
@@ -54,6 +74,7 @@ impl BlockBackend {
         ctx.poll_while(|| !slot.done.load(Ordering::Acquire));
         drop(guard);
         let result = slot.result.lock().unwrap_or_else(|p| p.into_inner()).take();
+        give_back(slot);
         result.expect("completion stored before done was set")
     }
 

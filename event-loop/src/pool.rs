@@ -37,7 +37,23 @@ const QUEUED: u8 = 0;
 const RUNNING: u8 = 1;
 const CANCELLED: u8 = 2;
 
-type Completion = Box<dyn FnOnce() + Send>;
+/// A completion ready to run on the context, as the pool's completion queue
+/// holds it. Every `FnOnce() + Send` closure is one; a caller that boxes its
+/// callback once per request with room for the result (the block layer)
+/// implements it for that box, which then goes on the queue as it is instead
+/// of inside a second allocation.
+pub trait Task: Send {
+    /// Runs the completion (context lock held).
+    fn run(self: Box<Self>);
+}
+
+impl<F: FnOnce() + Send> Task for F {
+    fn run(self: Box<Self>) {
+        (*self)()
+    }
+}
+
+type Completion = Box<dyn Task>;
 type Work = Box<dyn FnOnce() -> Completion + Send>;
 
 struct Job {
@@ -123,10 +139,17 @@ impl ThreadPool {
         work: impl FnOnce() -> R + Send + 'static,
         done: impl FnOnce(R) + Send + 'static,
     ) -> JobHandle {
-        let work: Work = Box::new(move || {
+        self.submit_task(move || {
             let r = work();
             Box::new(move || done(r)) as Completion
-        });
+        })
+    }
+
+    /// [`Self::submit`] for a job whose `work` returns its completion ready to
+    /// queue (a [`Task`] that holds its result), saving the box `submit` wraps
+    /// around `done` and its result. Any thread.
+    pub fn submit_task(&self, work: impl FnOnce() -> Box<dyn Task> + Send + 'static) -> JobHandle {
+        let work: Work = Box::new(work);
         let job = Arc::new(Job {
             state: AtomicU8::new(QUEUED),
             work: Mutex::new(Some(work)),
@@ -158,7 +181,12 @@ impl ThreadPool {
     /// deliver the others. For results known without any work (the block
     /// layer's refused requests). Any thread.
     pub fn complete_later(&self, done: impl FnOnce() + Send + 'static) {
-        lock(&self.inner.completions).push_back(Box::new(done));
+        self.queue_completion_later(Box::new(done));
+    }
+
+    /// [`Self::complete_later`] for a completion already boxed as a [`Task`].
+    pub fn queue_completion_later(&self, done: Box<dyn Task>) {
+        lock(&self.inner.completions).push_back(done);
         self.inner.completion_bh.schedule();
     }
 
@@ -179,7 +207,15 @@ impl ThreadPool {
         done: impl FnOnce(R) + Send + 'static,
     ) {
         let r = work();
-        lock(&self.inner.completions).push_back(Box::new(move || done(r)));
+        self.queue_completion(held, Box::new(move || done(r)));
+    }
+
+    /// The second half of [`Self::run_inline`], for a caller that ran its work
+    /// itself and holds the completion boxed as a [`Task`] with its result:
+    /// queues it on the completion BH quietly, under `run_inline`'s contract
+    /// (the holder of `held` polls the context before it lets the lock go).
+    pub fn queue_completion(&self, held: &crate::ContextGuard<'_>, done: Box<dyn Task>) {
+        lock(&self.inner.completions).push_back(done);
         self.inner.completion_bh.schedule_quiet(held);
     }
 
@@ -374,7 +410,7 @@ impl PoolInner {
                 self.completion_bh.schedule();
             }
             let outer = set_in_done(true);
-            done();
+            done.run();
             set_in_done(outer);
             if budget == 0 {
                 break;

@@ -124,11 +124,7 @@ impl TraceRing {
     pub(crate) fn record(&self, ev: Ev, arg: i64) {
         let slot = self.head.fetch_add(1, Relaxed) % RING_LEN;
         let w = (ev as u64) << 56 | (trace_tid() & 0xff) << 48 | (arg as u64 & 0xffff_ffff_ffff);
-        let time = if ev.timed() {
-            coarse_monotonic_ns()
-        } else {
-            0
-        };
+        let time = if ev.timed() { coarse_monotonic_ns() } else { 0 };
         self.time[slot].store(time, Relaxed);
         self.word[slot].store(w, Relaxed);
     }

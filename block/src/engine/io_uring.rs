@@ -607,7 +607,7 @@ impl Shared {
             let marks = ReapCallbacks::enter();
             for (done, result) in finished.drain(..) {
                 marks.mark(self);
-                done(result);
+                done.complete(result);
             }
             drop(marks);
         }
@@ -693,7 +693,7 @@ mod tests {
             };
             engine.submit(
                 req,
-                Box::new(move |result| {
+                Completion::new(move |result| {
                     if result.unwrap() == BS {
                         good.fetch_add(1, Ordering::AcqRel);
                     }
@@ -750,13 +750,13 @@ mod tests {
         };
         engine.submit(
             read(0, iov1),
-            Box::new(move |result| {
+            Completion::new(move |result| {
                 assert_eq!(result.unwrap(), BS);
                 if nested_dispatch_first {
                     // What a callback waiting in a nested poll runs.
                     c.poll(false);
                 }
-                let done = Box::new(move |r: Result<usize, BlockError>| {
+                let done = Completion::new(move |r: Result<usize, BlockError>| {
                     d.store(r.unwrap(), Ordering::Release);
                 });
                 e.submit(read(BS as u64, iov2), done);
@@ -874,7 +874,7 @@ mod tests {
             };
             engine.submit(
                 req,
-                Box::new(move |result| {
+                Completion::new(move |result| {
                     if matches!(result, Err(BlockError::Io { .. })) {
                         f.fetch_add(1, Ordering::AcqRel);
                     }

@@ -10,7 +10,10 @@ pub(crate) mod threads;
 
 use std::cell::Cell;
 
-use crate::{BlockError, IoVec, Op};
+use event_loop::Task;
+
+use crate::backend::IoResult;
+use crate::{IoVec, Op};
 
 thread_local! {
     /// Set while this thread runs `submit_at_once`.
@@ -125,7 +128,57 @@ impl Request {
 }
 
 /// What runs when a request finishes: on the context, with its lock held.
-pub(crate) type Completion = Box<dyn FnOnce(Result<usize, BlockError>) + Send>;
+///
+/// The caller's callback boxed once, with room for the result: a finished
+/// request goes on the pool's completion queue as this same allocation
+/// ([`Self::with_result`]) instead of inside a second one.
+pub(crate) struct Completion(Box<dyn Callback>);
+
+/// The boxed part of a [`Completion`].
+trait Callback: Task {
+    fn store(&mut self, result: IoResult);
+}
+
+struct WithResult<F> {
+    result: Option<IoResult>,
+    callback: F,
+}
+
+impl<F: FnOnce(IoResult) + Send> Task for WithResult<F> {
+    fn run(self: Box<Self>) {
+        let this = *self;
+        let result = this
+            .result
+            .expect("a completion is queued only with its result");
+        (this.callback)(result)
+    }
+}
+
+impl<F: FnOnce(IoResult) + Send> Callback for WithResult<F> {
+    fn store(&mut self, result: IoResult) {
+        self.result = Some(result);
+    }
+}
+
+impl Completion {
+    pub(crate) fn new(callback: impl FnOnce(IoResult) + Send + 'static) -> Completion {
+        Completion(Box::new(WithResult {
+            result: None,
+            callback,
+        }))
+    }
+
+    /// Runs the callback now (context lock held).
+    pub(crate) fn complete(self, result: IoResult) {
+        self.with_result(result).run();
+    }
+
+    /// The callback with its result, ready for the pool's completion queue.
+    pub(crate) fn with_result(mut self, result: IoResult) -> Box<dyn Task> {
+        self.0.store(result);
+        self.0
+    }
+}
 
 /// An I/O engine.
 pub(crate) trait Engine: Send + Sync {

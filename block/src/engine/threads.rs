@@ -5,7 +5,7 @@
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, Weak};
 
-use event_loop::{AioContext, BottomHalf};
+use event_loop::{AioContext, BottomHalf, ContextGuard, ThreadPool};
 
 use super::{advance, Completion, Engine, Request};
 use crate::bounce::BounceBuffer;
@@ -135,14 +135,14 @@ impl Plug {
                     let held = ctx.acquire();
                     let pool = ctx.thread_pool();
                     for (done, result) in results {
-                        pool.run_inline(&held, move || result, done);
+                        pool.queue_completion(&held, done.with_result(result));
                     }
                 },
             );
         }
         let held = ctx.acquire();
         for (req, done) in batch {
-            pool.run_inline(&held, || execute(&self.file, &req), done);
+            run_here(pool, &held, &self.file, &req, done);
         }
     }
 }
@@ -156,7 +156,7 @@ impl Engine for ThreadsEngine {
                 // A synchronous helper would only sleep in its nested poll while
                 // a worker ran this: it runs it itself. The completion still
                 // reaches it through the pool's BH and that poll.
-                return pool.run_inline(&held, || execute(&self.plug.file, &req), done);
+                return run_here(pool, &held, &self.plug.file, &req, done);
             }
             if self.is_small_memory_copy(&req) {
                 // The first such request of a dispatch runs now (the whole of a
@@ -164,7 +164,7 @@ impl Engine for ThreadsEngine {
                 // where `Plug::share` splits them with a worker. Either way the
                 // completion runs later, on the context, never inside this call.
                 if self.nth_in_this_dispatch() == 1 {
-                    return pool.run_inline(&held, || execute(&self.plug.file, &req), done);
+                    return run_here(pool, &held, &self.plug.file, &req, done);
                 }
                 if self.plug.push(req, done) {
                     self.share_bh.schedule_quiet(&held);
@@ -176,8 +176,22 @@ impl Engine for ThreadsEngine {
         let _job = self
             .ctx
             .thread_pool()
-            .submit(move || execute(&file, &req), done);
+            .submit_task(move || done.with_result(execute(&file, &req)));
     }
+}
+
+/// Runs `req` on this thread, a context-lock holder, and queues `done` as a
+/// worker's would be (`ThreadPool::run_inline`'s contract: the holder polls
+/// before it lets the lock go).
+fn run_here(
+    pool: &ThreadPool,
+    held: &ContextGuard<'_>,
+    file: &RawFile,
+    req: &Request,
+    done: Completion,
+) {
+    let result = execute(file, req);
+    pool.queue_completion(held, done.with_result(result));
 }
 
 /// Performs `req` with blocking syscalls on this thread.
