@@ -59,7 +59,7 @@ fn give_back(mut slot: Arc<Slot>) {
 impl BlockBackend {
     /// Submits `req` and waits for its completion in nested polls.
     fn run_sync(&self, req: Request) -> IoResult {
-        let ctx = Arc::clone(self.context());
+        let ctx = self.context();
         let _lock = ctx.acquire();
         let slot = take_slot();
         let writer = Arc::clone(&slot);
