@@ -632,6 +632,99 @@ fn events_are_delivered_and_drops_are_reported() {
     iothread.stop();
 }
 
+/// Sends `cdb` with the driver's `cdb_size` / `sense_size` in force and a
+/// 512-byte data-in buffer; returns the used length, the whole response
+/// buffer and the data-in buffer.
+fn command_with_sizes(
+    rig: &mut Rig,
+    cdb_size: usize,
+    sense_size: usize,
+    cdb: &[u8],
+) -> (u32, Vec<u8>, Vec<u8>) {
+    let driver = &mut rig.driver;
+    let mut request = vec![0u8; 19 + cdb_size];
+    request[..8].copy_from_slice(&lun_bytes(0, 0));
+    request[19..19 + cdb.len()].copy_from_slice(cdb);
+    let request_addr = driver.alloc(request.len() as u64);
+    driver.mem.write_slice(&request, request_addr).unwrap();
+    let response_len = 12 + sense_size;
+    let response_addr = driver.alloc(response_len as u64);
+    driver
+        .mem
+        .write_slice(&vec![0xee; response_len], response_addr)
+        .unwrap();
+    let data_addr = driver.alloc(512);
+    let bufs = [
+        Buf {
+            addr: request_addr,
+            len: request.len() as u32,
+            writable: false,
+        },
+        Buf {
+            addr: response_addr,
+            len: response_len as u32,
+            writable: true,
+        },
+        Buf {
+            addr: data_addr,
+            len: 512,
+            writable: true,
+        },
+    ];
+    driver
+        .add_chain(REQUEST_QUEUE, &bufs)
+        .expect("free descriptors");
+    driver.kick(REQUEST_QUEUE);
+    let used = driver.wait_used(REQUEST_QUEUE, 1, TIMEOUT);
+    let mut response = vec![0u8; response_len];
+    driver.mem.read_slice(&mut response, response_addr).unwrap();
+    let mut data = vec![0u8; 512];
+    driver.mem.read_slice(&mut data, data_addr).unwrap();
+    driver.reset_alloc();
+    (used[0].1, response, data)
+}
+
+#[test]
+fn driver_chosen_cdb_and_sense_sizes_above_and_below_the_defaults() {
+    let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);
+    rig.clear_unit_attention(0, 0);
+    rig.disks[0].fill(512, &[0x5a; 512]);
+    for (cdb_size, sense_size) in [(64usize, 200usize), (16, 8), (32, 96), (256, 256)] {
+        rig.driver.write_reg(0x100 + 20, sense_size as u32);
+        rig.driver.write_reg(0x100 + 24, cdb_size as u32);
+        // A read: no sense, the whole sense area zeroed, data after it.
+        let (used, response, data) =
+            command_with_sizes(&mut rig, cdb_size, sense_size, &read10(1, 1));
+        assert_eq!(
+            used as usize,
+            12 + sense_size + 512,
+            "{cdb_size}/{sense_size}"
+        );
+        assert_eq!((response[10], response[11]), (0, 0), "GOOD, OK");
+        assert_eq!(&response[0..4], &[0; 4], "sense_len");
+        assert!(response[12..].iter().all(|&b| b == 0), "sense area zeroed");
+        assert_eq!(data, vec![0x5a; 512]);
+        // An unknown opcode: fixed sense (18 bytes) cut to sense_size, the
+        // rest of the sense area zeroed.
+        let (used, response, _) = command_with_sizes(&mut rig, cdb_size, sense_size, &[0xff]);
+        let sense_len = 18.min(sense_size);
+        assert_eq!(used as usize, 12 + sense_size, "{cdb_size}/{sense_size}");
+        assert_eq!(response[10], 2, "CHECK CONDITION");
+        assert_eq!(
+            u32::from_le_bytes(response[0..4].try_into().unwrap()) as usize,
+            sense_len
+        );
+        assert_eq!(response[12], 0x70, "fixed sense");
+        if sense_size > 2 {
+            assert_eq!(response[12 + 2] & 0x0f, 0x05, "ILLEGAL REQUEST");
+        }
+        assert!(
+            response[12 + sense_len..].iter().all(|&b| b == 0),
+            "sense tail zeroed"
+        );
+    }
+}
+
 #[test]
 fn device_reset_returns_to_initial_state_and_reinitialises() {
     let mut rig = Rig::new(vec![Disk::simple(CompletionMode::Inline)]);

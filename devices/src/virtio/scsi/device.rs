@@ -61,6 +61,10 @@ const MAX_PENDING_EVENTS: usize = 16;
 /// asking for kicks (EVENT_IDX avail_event left behind) and instead looks for
 /// new requests whenever one completes: one wake-up per batch instead of two.
 const POLL_MIN_IN_FLIGHT: usize = 4;
+/// A stack buffer for a command's request header that fits the default CDB
+/// size (a larger configured size uses the maximum).
+const SMALL_CMD_REQUEST_SIZE: usize =
+    CMD_REQUEST_HEADER_SIZE + VIRTIO_SCSI_CDB_DEFAULT_SIZE as usize;
 
 static GUEST_ERRORS: RateLimitedWarn = RateLimitedWarn::new();
 static IO_ERRORS: RateLimitedWarn = RateLimitedWarn::new();
@@ -1056,9 +1060,17 @@ impl ScsiState {
         };
 
         let request_size = CMD_REQUEST_HEADER_SIZE + self.cdb_size;
-        // cdb_size is bounded by VIRTIO_SCSI_CDB_MAX_SIZE: the header fits on the stack.
-        let mut header_buf = [0u8; CMD_REQUEST_HEADER_SIZE + VIRTIO_SCSI_CDB_MAX_SIZE as usize];
-        let header = &mut header_buf[..request_size];
+        // cdb_size is bounded by VIRTIO_SCSI_CDB_MAX_SIZE: the header fits on
+        // the stack. The default CDB size gets a buffer small enough to be
+        // zeroed inline (the largest one cost a memset call per command).
+        let mut small = [0u8; SMALL_CMD_REQUEST_SIZE];
+        let mut large;
+        let header: &mut [u8] = if request_size <= small.len() {
+            &mut small[..request_size]
+        } else {
+            large = [0u8; CMD_REQUEST_HEADER_SIZE + VIRTIO_SCSI_CDB_MAX_SIZE as usize];
+            &mut large[..request_size]
+        };
         let parsed = request::read_from(&self.mem, &buffers.readable, header)
             .and_then(|()| request::parse_cmd_request_ref(header, self.cdb_size));
         let cmd = match parsed {
@@ -1083,7 +1095,9 @@ impl ScsiState {
             fail(self, VIRTIO_SCSI_S_BAD_TARGET);
             return None;
         };
-        if !self.target_exists(target) {
+        // An attached LUN implies its target: the target scan only without one.
+        let lun_index = self.find_lun(target, lun);
+        if lun_index.is_none() && !self.target_exists(target) {
             fail(self, VIRTIO_SCSI_S_BAD_TARGET);
             return None;
         }
@@ -1093,7 +1107,7 @@ impl ScsiState {
         } else {
             Vec::new()
         };
-        let Some(lun_index) = self.find_lun(target, lun) else {
+        let Some(lun_index) = lun_index else {
             let outcome = commands::execute_without_lun(cmd.cdb, &luns);
             self.finish_inline(
                 queue,
