@@ -97,7 +97,9 @@ impl RecursiveLock {
     pub(crate) fn lock(&self) {
         let me = my_token();
         if self.holder.load(Relaxed) == me {
-            self.depth.fetch_add(1, Relaxed);
+            // Only the owner writes `depth` while it holds the lock: a plain
+            // load and store, no locked read-modify-write.
+            self.depth.store(self.depth.load(Relaxed) + 1, Relaxed);
             return;
         }
         let mut owner = self.state();
@@ -147,8 +149,10 @@ impl RecursiveLock {
             me,
             "context lock released by a non-owner"
         );
-        if self.depth.load(Relaxed) > 1 {
-            self.depth.fetch_sub(1, Relaxed);
+        let depth = self.depth.load(Relaxed);
+        if depth > 1 {
+            // Owner-only write, as in `lock`.
+            self.depth.store(depth - 1, Relaxed);
             return;
         }
         let mut owner = self.state();
