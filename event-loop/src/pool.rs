@@ -219,6 +219,23 @@ impl ThreadPool {
         self.inner.completion_bh.schedule_quiet(held);
     }
 
+    /// [`Self::queue_completion`] for several completions at once: one lock
+    /// round and one schedule for the lot.
+    pub fn queue_completions(
+        &self,
+        held: &crate::ContextGuard<'_>,
+        dones: impl IntoIterator<Item = Box<dyn Task>>,
+    ) {
+        let mut queue = lock(&self.inner.completions);
+        let before = queue.len();
+        queue.extend(dones);
+        let added = queue.len() > before;
+        drop(queue);
+        if added {
+            self.inner.completion_bh.schedule_quiet(held);
+        }
+    }
+
     /// Sets how long an idle worker waits for work before it exits (takes effect
     /// from each worker's next wait).
     pub fn set_idle_retire(&self, after: Duration) {
@@ -404,9 +421,12 @@ impl PoolInner {
             let Some(done) = q.pop_front() else { break };
             let more = !q.is_empty();
             drop(q);
-            if more {
-                // Keep the BH pending while completions remain, so they are delivered
-                // even if this callback blocks in a nested poll (QEMU does the same).
+            // Keep the BH pending while completions remain, so they are delivered
+            // even if this callback blocks in a nested poll (QEMU does the same).
+            // Still pending from the last round unless a nested poll ran it
+            // since (only a dispatch clears the flag, and nothing cancels
+            // this BH): then the load saves the schedule's read-modify-write.
+            if more && !self.completion_bh.is_scheduled() {
                 self.completion_bh.schedule();
             }
             let outer = set_in_done(true);

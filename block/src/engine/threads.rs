@@ -5,7 +5,7 @@
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, Weak};
 
-use event_loop::{AioContext, BottomHalf, ContextGuard, ThreadPool};
+use event_loop::{AioContext, BottomHalf, ContextGuard, Task, ThreadPool};
 
 use super::{advance, Completion, Engine, Request};
 use crate::bounce::BounceBuffer;
@@ -120,7 +120,7 @@ impl Plug {
                 move || {
                     theirs
                         .into_iter()
-                        .map(|(req, done)| (done, execute(&file, &req)))
+                        .map(|(req, done)| done.with_result(execute(&file, &req)))
                         .collect::<Vec<_>>()
                 },
                 move |results| {
@@ -133,17 +133,18 @@ impl Plug {
                         .upgrade()
                         .expect("pool completions run on their live context");
                     let held = ctx.acquire();
-                    let pool = ctx.thread_pool();
-                    for (done, result) in results {
-                        pool.queue_completion(&held, done.with_result(result));
-                    }
+                    ctx.thread_pool().queue_completions(&held, results);
                 },
             );
         }
+        // All of ours first, then their completions in one go: none can run
+        // before this BH returns anyway.
+        let finished: Vec<Box<dyn Task>> = batch
+            .into_iter()
+            .map(|(req, done)| done.with_result(execute(&self.file, &req)))
+            .collect();
         let held = ctx.acquire();
-        for (req, done) in batch {
-            run_here(pool, &held, &self.file, &req, done);
-        }
+        pool.queue_completions(&held, finished);
     }
 }
 
