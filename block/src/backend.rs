@@ -354,7 +354,7 @@ fn is_multiple(value: u64, align: u64) -> bool {
     if align.is_power_of_two() {
         value & (align - 1) == 0
     } else {
-        value % align == 0
+        value.is_multiple_of(align)
     }
 }
 
@@ -390,4 +390,3 @@ mod tests {
         assert_eq!(b.in_flight(), 0);
     }
 }
-
