@@ -166,6 +166,25 @@ impl BlockBackend {
         self.submit(Request::Write { offset, iov, fua }, self.counted(done));
     }
 
+    /// [`Self::aio_readv`] of one buffer (no list to allocate).
+    pub fn aio_read(&self, offset: u64, iov: IoVec, done: impl FnOnce(IoResult) + Send + 'static) {
+        let iov = Segments::One(iov);
+        self.submit(Request::Read { offset, iov }, self.counted(done));
+    }
+
+    /// [`Self::aio_writev`] of one buffer (no list to allocate).
+    pub fn aio_write(
+        &self,
+        offset: u64,
+        iov: IoVec,
+        mode: WriteMode,
+        done: impl FnOnce(IoResult) + Send + 'static,
+    ) {
+        let fua = mode == WriteMode::Fua;
+        let iov = Segments::One(iov);
+        self.submit(Request::Write { offset, iov, fua }, self.counted(done));
+    }
+
     /// Flushes completed writes to stable storage (fdatasync).
     pub fn aio_flush(&self, done: impl FnOnce(IoResult) + Send + 'static) {
         self.submit(Request::Flush, self.counted(done));

@@ -79,6 +79,46 @@ fn sync_round_trip_in_every_mode_without_an_iothread() {
     }
 }
 
+/// Polls `ctx` (lock held) until `rx` delivers a result.
+fn wait_result<T>(ctx: &AioContext, rx: &mpsc::Receiver<T>) -> T {
+    let _g = ctx.acquire();
+    let mut result = None;
+    ctx.poll_while(|| {
+        result = rx.try_recv().ok();
+        result.is_none()
+    });
+    result.unwrap()
+}
+
+#[test]
+fn single_buffer_async_requests_round_trip_in_every_mode() {
+    let _wd = common::deadline(std::time::Duration::from_secs(30));
+    let img = image_in("/var/tmp", MIB);
+    let ctx = AioContext::new().unwrap();
+    for (i, o) in all_modes().into_iter().enumerate() {
+        let b = BlockBackend::open(img.path(), &o, ctx.clone()).unwrap();
+        let mut buf = vec![0u8; 2 * 4096];
+        let start = common::aligned_start(&buf, 4096);
+        let data: Vec<u8> = (0..4096).map(|x| (x * 13 + i) as u8).collect();
+        buf[start..start + 4096].copy_from_slice(&data);
+        let (tx, rx) = mpsc::channel();
+        let t = tx.clone();
+        b.aio_write(8192, seg(&mut buf, start, 4096), WriteMode::Fua, move |r| {
+            t.send(r.map_err(|e| e.to_string())).unwrap()
+        });
+        assert_eq!(wait_result(&ctx, &rx).unwrap(), 4096, "{o:?}");
+        let mut raw = vec![0u8; 4096];
+        img.as_file().read_exact_at(&mut raw, 8192).unwrap();
+        assert_eq!(raw, data, "{o:?}: the data is in the file");
+        buf.fill(0);
+        b.aio_read(8192, seg(&mut buf, start, 4096), move |r| {
+            tx.send(r.map_err(|e| e.to_string())).unwrap()
+        });
+        assert_eq!(wait_result(&ctx, &rx).unwrap(), 4096, "{o:?}");
+        assert_eq!(&buf[start..start + 4096], &data[..], "{o:?}: read back");
+    }
+}
+
 #[test]
 fn writeback_accepts_byte_granular_requests() {
     let _wd = common::deadline(std::time::Duration::from_secs(30));
@@ -215,14 +255,8 @@ fn too_many_segments_is_refused() {
     let iov: Vec<_> = (0..buf.len()).map(|i| seg(&mut buf, i, 1)).collect();
     let (tx, rx) = mpsc::channel();
     b.aio_writev(0, iov, WriteMode::Normal, move |r| tx.send(r).unwrap());
-    let _g = ctx.acquire();
-    let mut result = None;
-    ctx.poll_while(|| {
-        result = rx.try_recv().ok();
-        result.is_none()
-    });
     assert!(matches!(
-        result.unwrap(),
+        wait_result(&ctx, &rx),
         Err(BlockError::TooManySegments {
             count: 1025,
             max: 1024,

@@ -23,15 +23,32 @@ pub struct HostBuf {
 // sending the address to another thread does not by itself access it.
 unsafe impl Send for HostBuf {}
 
+/// A scatter-gather list: nearly always one buffer, kept inline.
+#[derive(Debug)]
+pub enum HostBufs {
+    One(HostBuf),
+    Many(Vec<HostBuf>),
+}
+
+impl std::ops::Deref for HostBufs {
+    type Target = [HostBuf];
+    fn deref(&self) -> &[HostBuf] {
+        match self {
+            HostBufs::One(one) => std::slice::from_ref(one),
+            HostBufs::Many(many) => many,
+        }
+    }
+}
+
 /// A disk request with byte offsets. Lengths are multiples of the block size.
 #[derive(Debug)]
 pub enum BackendRequest {
     /// Read into the buffers, in order, from `offset`.
-    Read { offset: u64, bufs: Vec<HostBuf> },
+    Read { offset: u64, bufs: HostBufs },
     /// Write the buffers, in order, at `offset`; `fua`: durable before completion.
     Write {
         offset: u64,
-        bufs: Vec<HostBuf>,
+        bufs: HostBufs,
         fua: bool,
     },
     /// Make every completed write durable.

@@ -6,7 +6,7 @@
 
 use block::{BlockBackend, BlockError, IoVec, WriteMode, ZeroMode};
 
-use super::backend::{BackendError, BackendRequest, HostBuf, IoCompletion, ScsiBackend};
+use super::backend::{BackendError, BackendRequest, HostBuf, HostBufs, IoCompletion, ScsiBackend};
 
 fn backend_error(error: BlockError) -> BackendError {
     let mut message = error.to_string();
@@ -27,8 +27,8 @@ fn backend_error(error: BlockError) -> BackendError {
 ///
 /// Each buffer must satisfy [`IoVec::new`]'s contract (the caller of
 /// [`ScsiBackend::submit`] promised exactly that).
-unsafe fn iovecs(bufs: Vec<HostBuf>) -> Vec<IoVec> {
-    bufs.into_iter()
+unsafe fn iovecs(bufs: &[HostBuf]) -> Vec<IoVec> {
+    bufs.iter()
         // SAFETY: forwarded from this function's contract.
         .map(|b| unsafe { IoVec::new(b.ptr, b.len) })
         .collect()
@@ -56,19 +56,32 @@ impl ScsiBackend for BlockBackend {
         let done =
             move |result: Result<usize, BlockError>| done.complete(result.map_err(backend_error));
         match request {
+            BackendRequest::Read {
+                offset,
+                bufs: HostBufs::One(b),
+            } => {
+                // SAFETY: `submit`'s contract is `IoVec::new`'s contract.
+                let iov = unsafe { IoVec::new(b.ptr, b.len) };
+                self.aio_read(offset, iov, done)
+            }
             BackendRequest::Read { offset, bufs } => {
                 // SAFETY: `submit`'s contract is `IoVec::new`'s contract.
-                let iov = unsafe { iovecs(bufs) };
+                let iov = unsafe { iovecs(&bufs) };
                 self.aio_readv(offset, iov, done)
             }
             BackendRequest::Write { offset, bufs, fua } => {
-                // SAFETY: as above.
-                let iov = unsafe { iovecs(bufs) };
                 let mode = if fua {
                     WriteMode::Fua
                 } else {
                     WriteMode::Normal
                 };
+                if let HostBufs::One(b) = bufs {
+                    // SAFETY: as above.
+                    let iov = unsafe { IoVec::new(b.ptr, b.len) };
+                    return self.aio_write(offset, iov, mode, done);
+                }
+                // SAFETY: as above.
+                let iov = unsafe { iovecs(&bufs) };
                 self.aio_writev(offset, iov, mode, done)
             }
             BackendRequest::Flush => self.aio_flush(done),

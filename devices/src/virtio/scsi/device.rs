@@ -31,7 +31,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::mmio::RateLimitedWarn;
 use crate::warn_limited;
 
-use super::backend::{BackendError, BackendRequest, HostBuf, IoCompletion, ScsiBackend};
+use super::backend::{BackendError, BackendRequest, HostBuf, HostBufs, IoCompletion, ScsiBackend};
 use super::commands::{self, IoPlan, Outcome};
 use super::constants::*;
 use super::disk::{DiskGeometry, LunState, ScsiDiskConfig};
@@ -1233,10 +1233,10 @@ impl ScsiState {
             } => {
                 let mut bounce: Vec<u8> =
                     pattern.iter().copied().cycle().take(len as usize).collect();
-                let bufs = vec![HostBuf {
+                let bufs = HostBufs::One(HostBuf {
                     ptr: bounce.as_mut_ptr(),
                     len: bounce.len(),
-                }];
+                });
                 (
                     Requests::One(BackendRequest::Write {
                         offset,

@@ -127,7 +127,7 @@ impl MemBackend {
                 let len: u64 = bufs.iter().map(|b| b.len as u64).sum();
                 let r = range(offset, len)?;
                 let mut at = r.start;
-                for b in bufs {
+                for b in bufs.iter() {
                     // SAFETY: `submit`'s caller promised each buffer is valid and
                     // ours until completion, which has not happened yet.
                     let dst = unsafe { std::slice::from_raw_parts_mut(b.ptr, b.len) };
@@ -146,7 +146,7 @@ impl MemBackend {
                 let len: u64 = bufs.iter().map(|b| b.len as u64).sum();
                 let r = range(offset, len)?;
                 let mut at = r.start;
-                for b in bufs {
+                for b in bufs.iter() {
                     // SAFETY: as for reads.
                     let src = unsafe { std::slice::from_raw_parts(b.ptr, b.len) };
                     data[at..at + b.len].copy_from_slice(src);

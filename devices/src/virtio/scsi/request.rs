@@ -13,7 +13,7 @@ use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, G
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::backend::HostBuf;
+use super::backend::{HostBuf, HostBufs};
 use super::constants::VIRTIO_SCSI_SENSE_MAX_SIZE;
 
 /// Why a request could not be parsed. Each maps to a guest-visible response.
@@ -181,7 +181,7 @@ pub fn host_bufs(
     mem: &GuestMemoryMmap,
     ranges: &[GuestRange],
     len: u64,
-) -> Result<Vec<HostBuf>, RequestError> {
+) -> Result<HostBufs, RequestError> {
     host_bufs_after(mem, ranges, 0, len)
 }
 
@@ -192,8 +192,13 @@ pub fn host_bufs_after(
     ranges: &[GuestRange],
     mut skip: u64,
     len: u64,
-) -> Result<Vec<HostBuf>, RequestError> {
-    let mut bufs = Vec::with_capacity(ranges.len().min(4));
+) -> Result<HostBufs, RequestError> {
+    let mut bufs = HostBufs::Many(Vec::new());
+    let mut push = |buf: HostBuf| match &mut bufs {
+        HostBufs::Many(list) if list.is_empty() => bufs = HostBufs::One(buf),
+        HostBufs::Many(list) => list.push(buf),
+        HostBufs::One(first) => bufs = HostBufs::Many(vec![*first, buf]),
+    };
     let mut left = len;
     for range in ranges {
         if left == 0 {
@@ -213,7 +218,7 @@ pub fn host_bufs_after(
         let n = u64::from(range.len).min(left);
         // Fast path: the range lies in one region (always, with one RAM region).
         if let Ok(slice) = GuestMemoryBackend::get_slice(mem, range.addr, n as usize) {
-            bufs.push(HostBuf {
+            push(HostBuf {
                 ptr: slice.ptr_guard_mut().as_ptr(),
                 len: slice.len(),
             });
@@ -223,7 +228,7 @@ pub fn host_bufs_after(
         let mut covered = 0u64;
         for slice in GuestMemoryBackend::get_slices(mem, range.addr, n as usize) {
             let slice = slice.map_err(|_| RequestError::BadAddress(range.addr.raw_value()))?;
-            bufs.push(HostBuf {
+            push(HostBuf {
                 ptr: slice.ptr_guard_mut().as_ptr(),
                 len: slice.len(),
             });
