@@ -133,7 +133,7 @@ impl ThreadPool {
     }
 
     /// Runs `work` on a worker thread; `done(result)` later runs on the context (in the
-    /// pool's completion BH). Any thread. After shutdown the job is cancelled at once.
+    /// pool's completion BH). Any thread.
     pub fn submit<R: Send + 'static>(
         &self,
         work: impl FnOnce() -> R + Send + 'static,
@@ -266,7 +266,11 @@ impl ThreadPool {
     /// (except the calling thread: a worker that drops the last reference to the
     /// context after its delivery runs this). Later submissions are cancelled at
     /// once.
-    pub fn shutdown(&self) {
+    ///
+    /// Only the context's drop calls this: a submission needs the live context,
+    /// so none can come after and lose its `done` (a caller counting requests in
+    /// flight, as the block layer does, would wait for it forever).
+    pub(crate) fn shutdown(&self) {
         let handles = {
             let mut st = lock(&self.inner.state);
             st.shutdown = true;
@@ -562,6 +566,37 @@ mod tests {
     use super::*;
     use std::sync::atomic::AtomicUsize;
     use std::time::Instant;
+
+    #[test]
+    fn shutdown_cancels_queued_jobs_and_joins() {
+        let ctx = AioContext::new().unwrap();
+        let pool = ctx.thread_pool();
+        pool.set_max_workers(1);
+        let (open_gate, gate) = std::sync::mpsc::channel::<()>();
+        let started = pool.submit(
+            move || {
+                let _ = gate.recv();
+            },
+            |_| {},
+        );
+        let queued: Vec<_> = (0..5).map(|_| pool.submit(|| (), |_| {})).collect();
+        let unlock = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(50));
+            drop(open_gate);
+        });
+        // Wait until the worker has taken `started`.
+        while !started.has_started() {
+            thread::yield_now();
+        }
+        pool.shutdown();
+        unlock.join().unwrap();
+        assert_eq!(pool.workers(), 0);
+        for q in &queued {
+            assert!(!q.cancel(), "shutdown already cancelled it");
+        }
+        let late = pool.submit(|| (), |_| panic!("ran after shutdown"));
+        assert!(!late.cancel());
+    }
 
     /// Completions queued on `ctx`'s pool, not yet delivered.
     fn queued(ctx: &Arc<AioContext>) -> usize {
