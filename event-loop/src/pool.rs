@@ -3,9 +3,9 @@
 //! Workers start lazily (up to `max_workers`) and retire after
 //! [`IDLE_RETIRE`] (configurable) without work. A finished job's completion closure goes on the
 //! pool's completion queue and the pool's completion BH is scheduled; that BH runs
-//! completions one by one and, like QEMU's `thread_pool_completion_bh`,
-//! reschedules itself before each callback while more completions remain, so a
-//! nested poll inside a callback can still deliver the rest. That self-rescheduling
+//! completions one by one and, like QEMU's `thread_pool_completion_bh`, makes
+//! sure it is scheduled again before each callback while more completions
+//! remain, so a nested poll inside a callback can still deliver the rest. That self-rescheduling
 //! during dispatch is exactly the situation of failure (a).
 //! One run delivers at most the completions queued when it started (the rest go
 //! to the next dispatch), so a dispatch, and the context lock, stays short even
@@ -415,7 +415,7 @@ impl PoolInner {
     /// about as fast as this loop drains it; unbounded, one dispatch held the
     /// context lock for up to a second in the block seed test, and a vCPU waited
     /// that long for it however fair the lock. Stopping early strands nothing:
-    /// whenever a completion remained after a pop, the BH rescheduled itself before
+    /// whenever a completion remained after a pop, the BH was scheduled before
     /// the callback, and a completion pushed later schedules the BH itself.
     fn run_completions(&self) {
         let mut q = lock(&self.completions);
