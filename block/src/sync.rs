@@ -47,8 +47,11 @@ fn take_slot() -> Arc<Slot> {
     SPARE_SLOT.take().unwrap_or_default()
 }
 
-/// Keeps `slot` for the next request unless the completion still holds it
-/// (a worker that set `done` may not have dropped its clone yet).
+/// Keeps `slot` for the next request. The completion has always dropped its
+/// clone by now (completions run only under the context lock, which the
+/// waiter holds throughout, so on the waiter's own thread, and the callback's
+/// box is consumed as it runs); `Arc::get_mut` checks that rather than
+/// assuming it.
 fn give_back(mut slot: Arc<Slot>) {
     if let Some(only_ours) = Arc::get_mut(&mut slot) {
         *only_ours.done.get_mut() = false;

@@ -177,17 +177,17 @@ pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
             None
         }
     };
-    if let Some(bh) = only {
-        // A lone BH with no outer batch unfinished (the common case: one
-        // completion BH per pass): no later BH of this batch could be stranded
-        // behind a nested poll in its callback, so it needs no slice, which
-        // saves two lock rounds. A nested dispatch in the callback drains
-        // every slice it adds before it returns.
-        recycle(batch);
-        return run_one(shared, &bh);
-    }
     recycle(batch);
     let mut progress = false;
+    if let Some(bh) = only {
+        // A lone BH with no outer batch unfinished (the common case: one
+        // completion BH per pass): no later BH of this batch can be stranded
+        // behind a nested poll in its callback, so it needs no slice, which
+        // saves a lock round or two. The loop below still runs whatever a
+        // nested dispatch in its callback left unfinished (it drains its own
+        // slices unless it unwound, its panic caught inside the callback).
+        progress = run_one(shared, &bh);
+    }
     while let Some(bh) = next_from_slices(shared) {
         progress |= run_one(shared, &bh);
     }

@@ -220,20 +220,16 @@ impl ThreadPool {
     }
 
     /// [`Self::queue_completion`] for several completions at once: one lock
-    /// round and one schedule for the lot.
-    pub fn queue_completions(
-        &self,
-        held: &crate::ContextGuard<'_>,
-        dones: impl IntoIterator<Item = Box<dyn Task>>,
-    ) {
-        let mut queue = lock(&self.inner.completions);
-        let before = queue.len();
-        queue.extend(dones);
-        let added = queue.len() > before;
-        drop(queue);
-        if added {
-            self.inner.completion_bh.schedule_quiet(held);
+    /// round and one schedule for the lot. A `Vec`, not any iterator: the
+    /// queue's mutex must not be held while caller code runs (a lazy iterator
+    /// that queued a completion itself would deadlock on it, one that panicked
+    /// would leave the ones it yielded queued but unscheduled).
+    pub fn queue_completions(&self, held: &crate::ContextGuard<'_>, dones: Vec<Box<dyn Task>>) {
+        if dones.is_empty() {
+            return;
         }
+        lock(&self.inner.completions).extend(dones);
+        self.inner.completion_bh.schedule_quiet(held);
     }
 
     /// Sets how long an idle worker waits for work before it exits (takes effect

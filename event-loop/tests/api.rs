@@ -672,20 +672,45 @@ fn queued_completions_run_once_each_in_order_in_the_holders_next_poll() {
             ctx: ctx.clone(),
         })
     };
-    pool.queue_completions(&g, [task(1), task(2)]);
+    pool.queue_completions(&g, vec![task(1), task(2)]);
     assert!(log.lock().unwrap().is_empty(), "queued, not run");
     assert!(ctx.poll(false));
     assert_eq!(*log.lock().unwrap(), [1, 2]);
     pool.queue_completion(&g, task(3));
     assert!(ctx.poll(false));
     assert_eq!(*log.lock().unwrap(), [1, 2, 3]);
-    // The BH kept itself pending while completions remained: one more pass
-    // finds the queue empty, then the context is idle.
-    ctx.poll(false);
-    assert!(!ctx.poll(false));
+    assert!(!ctx.poll(false), "nothing left pending");
     // Nothing queued: nothing scheduled, so the next poll makes no progress.
-    pool.queue_completions(&g, []);
+    pool.queue_completions(&g, Vec::new());
     assert!(!ctx.poll(false));
     assert_eq!(log.lock().unwrap().len(), 3);
     drop(g);
+}
+
+#[test]
+fn a_bh_after_a_caught_panic_in_a_nested_dispatch_still_runs_in_the_same_pass() {
+    // A lone BH (no slice of its own) whose callback polls, catching a panic
+    // of the first BH of the nested batch: the rest of that batch stays in
+    // the nested slices, and the outer pass must still run it (scheduled
+    // quietly, nothing would wake the iothread for it).
+    let ctx = AioContext::new().unwrap();
+    let c_ran = Arc::new(AtomicUsize::new(0));
+    let cr = c_ran.clone();
+    let c = ctx.new_bh("c", move || {
+        cr.fetch_add(1, Ordering::SeqCst);
+    });
+    let b = ctx.new_bh("b", || panic!("b panics on purpose (test)"));
+    let ctx2 = ctx.clone();
+    let a = ctx.new_bh("a", move || {
+        let g = ctx2.acquire();
+        b.schedule_quiet(&g);
+        c.schedule_quiet(&g);
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx2.poll(false)));
+    });
+    let g = ctx.acquire();
+    a.schedule_quiet(&g);
+    ctx.poll(false);
+    assert_eq!(c_ran.load(Ordering::SeqCst), 1, "c ran in the same pass");
+    drop(g);
+    drop(a); // its closure holds a context clone
 }
