@@ -791,9 +791,10 @@ impl ScsiState {
     /// Accounts the in-flight count since the last sample and samples it now.
     ///
     /// The coarse clock (the last tick, 1-4 ms) costs a few ns where the
-    /// precise one was most of this function and ~8% of the iothread inside a
-    /// VM. It is still fair for a mean over seconds: the error of each interval
-    /// is under one tick and does not favour any depth, so it averages out.
+    /// precise one costs tens to hundreds inside a VM, on a path that runs
+    /// for every queue pass and completion batch. It is still fair for a mean
+    /// over seconds: the error of each interval is under one tick and does not
+    /// favour any depth, so it averages out.
     fn sample_depth(&mut self) {
         let now = event_loop::coarse_now_ns();
         if let Some((then, depth)) = self.depth_sampled {
