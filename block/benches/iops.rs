@@ -17,7 +17,9 @@
 //! interleaved rounds per case whose best is kept on each side (default 3);
 //! `BENCH_CASE=text` runs only the rows whose label contains `text`;
 //! `BENCH_POLL_MAX_US` caps the iothread's busy poll (`AioContext::set_poll_max`;
-//! 0 turns it off); an argument `iops` or `sync` runs only that table.
+//! 0 turns it off); `BENCH_THREAD_CPU=1` prints the CPU time of the iothread and
+//! the pool workers during each of our measurements; an argument `iops` or
+//! `sync` runs only that table.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -94,18 +96,19 @@ impl Pump {
             .cast_mut();
         // SAFETY: each slot's buffer lives in `self`, which the callback keeps alive,
         // and only this slot's one request uses it at a time.
-        let iov = vec![unsafe { IoVec::new(ptr, BS) }];
+        let iov = unsafe { IoVec::new(ptr, BS) };
         let me = Arc::clone(self);
         let done = move |r: block::IoResult| {
             r.expect("bench I/O");
             me.done.fetch_add(1, Ordering::Relaxed);
             me.issue(slot, rng);
         };
+        // One buffer per request, through the single-buffer calls, as virtio-scsi
+        // submits a request whose data is one guest buffer.
         if self.write {
-            self.backend
-                .aio_writev(offset, iov, WriteMode::Normal, done);
+            self.backend.aio_write(offset, iov, WriteMode::Normal, done);
         } else {
-            self.backend.aio_readv(offset, iov, done);
+            self.backend.aio_read(offset, iov, done);
         }
     }
 }
@@ -164,9 +167,23 @@ fn ours(path: &str, case: Case) -> f64 {
     std::thread::sleep(Duration::from_millis(300));
     let t0 = Instant::now();
     let d0 = pump.done.load(Ordering::Relaxed);
+    let cpu0 = std::env::var_os("BENCH_THREAD_CPU").map(|_| thread_cpu());
     std::thread::sleep(Duration::from_secs_f64(measure_secs()));
     let d1 = pump.done.load(Ordering::Relaxed);
     let iops = (d1 - d0) as f64 / t0.elapsed().as_secs_f64();
+    if let Some(cpu0) = cpu0 {
+        let spent: Vec<String> = thread_cpu()
+            .iter()
+            .map(|(name, ticks)| {
+                let before = cpu0.get(name).copied().unwrap_or(0);
+                format!("{name} {:.2}", (ticks - before) as f64 / CLOCK_TICKS)
+            })
+            .collect();
+        eprintln!(
+            "  (CPU seconds per thread name while measuring: {})",
+            spent.join(", ")
+        );
+    }
     pump.stop.store(true, Ordering::Relaxed);
     while pump.outstanding.load(Ordering::Relaxed) > 0 {
         std::thread::sleep(Duration::from_millis(1));
@@ -411,4 +428,33 @@ fn main() {
         sync_pwrite_table();
     }
     println!("\n(bench took {:.0} s)", started.elapsed().as_secs_f64());
+}
+
+/// The kernel's clock ticks per second for `/proc/*/stat` times (USER_HZ).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// CPU time (user + system, in clock ticks) of this process's threads, summed
+/// per thread name: tells how busy the iothread and the pool workers were.
+fn thread_cpu() -> std::collections::BTreeMap<String, u64> {
+    let mut per_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return per_name;
+    };
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue; // the thread exited
+        };
+        // "tid (name) state ..." where the name may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        // utime and stime are fields 14 and 15 of the whole line.
+        let ticks: u64 =
+            fields[11].parse::<u64>().unwrap_or(0) + fields[12].parse::<u64>().unwrap_or(0);
+        *per_name
+            .entry(stat[open + 1..close].to_string())
+            .or_default() += ticks;
+    }
+    per_name
 }

@@ -516,7 +516,7 @@ fn a_refused_requests_callback_may_drop_the_backend() {
 
 /// aio=threads on a memory-backed file (tmpfs): small async writes that a
 /// context-lock holder submits in one go run on the submitter while they are
-/// few; from four on, half of them go to one worker as a single job. Every
+/// few; from four on, a worker's copier job takes part of them. Every
 /// callback still runs later, from the holder's poll, never inside `submit`. A
 /// request above the inline limit, and any request on a disk file, goes to a
 /// worker.
@@ -531,7 +531,7 @@ fn memory_backed_small_requests_run_on_the_submitter() {
     assert_eq!(
         write_batch("/dev/shm", 64, 4096),
         1,
-        "tmpfs, 64 writes: one job for the shared half"
+        "tmpfs, 64 writes: one copier job"
     );
     assert_eq!(
         write_batch("/dev/shm", 1, MIB as usize),
@@ -651,8 +651,8 @@ fn inline_requests_left_unpolled_complete_on_the_iothread() {
 }
 
 /// The same with 8 reads, enough for the share step: the plugged seven wait for
-/// the share BH, scheduled quietly, which the woken iothread runs; it gives
-/// part of them to a worker. All complete; with fault (q) none does.
+/// the share BH, scheduled quietly, which the woken iothread runs; it starts
+/// a copier on a worker, which it leaves the oldest of them. All complete; with fault (q) none does.
 #[test]
 fn a_shared_batch_left_unpolled_completes() {
     let (done, _, workers) = inline_reads_then_release(8, false, Duration::from_secs(10));
@@ -695,7 +695,7 @@ fn inline_reads_then_release(
     let on_iothread = Arc::new(AtomicUsize::new(0));
     // With three, one runs at once and two wait for the dispatch's end (too few
     // to share with a worker), so everything stays on the submitter and the
-    // iothread; from four on the share step hands part of them to a worker.
+    // iothread; from four on the share step starts a copier on a worker.
     let mut bufs: Vec<Vec<u8>> = (0..count).map(|_| vec![0u8; 4096]).collect();
     {
         let _g = ctx.acquire();
@@ -810,8 +810,9 @@ fn callback_waits_for_siblings(
 }
 
 /// 8 small tmpfs reads (one runs at once, seven are plugged; the share step
-/// gives the first three of those to a worker as one job); request 1, the
-/// first of the worker's part, waits for the others.
+/// starts a copier, which takes the oldest, and leaves it at least the last
+/// four); request 1, the oldest plugged and so the copier's, waits for the
+/// others.
 fn shared_batch_callback_waits_for_siblings(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
     callback_waits_for_siblings(
         "/dev/shm",
@@ -824,13 +825,13 @@ fn shared_batch_callback_waits_for_siblings(in_callback: fn(&mut Option<Arc<Bloc
     );
 }
 
-/// A callback in the worker's part of a shared batch drains the backend.
+/// A callback in the copier's part of a shared batch drains the backend.
 #[test]
 fn a_shared_batch_callback_may_drain_the_backend() {
     shared_batch_callback_waits_for_siblings(|b| b.as_ref().expect("backend").drain());
 }
 
-/// A callback in the worker's part of a shared batch drops the last reference
+/// A callback in the copier's part of a shared batch drops the last reference
 /// to the backend, whose drop waits for every request in flight.
 #[test]
 fn a_shared_batch_callback_may_drop_the_backend() {

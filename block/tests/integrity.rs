@@ -22,6 +22,7 @@ use rand::{Rng, SeedableRng};
 
 const IMAGE: u64 = 8 << 20;
 const DEPTH: usize = 32;
+/// Requests per run (the long tmpfs run issues more).
 const REQUESTS: u64 = 3000;
 
 struct State {
@@ -38,6 +39,7 @@ struct Driver {
     unit: u64,
     state: Mutex<State>,
     completed: AtomicU64,
+    requests: u64,
 }
 
 enum Kind {
@@ -49,11 +51,11 @@ enum Kind {
 }
 
 impl Driver {
-    /// Issues requests until DEPTH are in flight or REQUESTS were issued.
+    /// Issues requests until DEPTH are in flight or `requests` were issued.
     fn pump(self: &Arc<Self>) {
         loop {
             let mut st = self.state.lock().unwrap();
-            if st.in_flight >= DEPTH || st.issued >= REQUESTS {
+            if st.in_flight >= DEPTH || st.issued >= self.requests {
                 return;
             }
             let kind = match st.rng.random_range(0..100) {
@@ -180,6 +182,10 @@ impl Driver {
 }
 
 fn run(dir: &str, aio: AioMode, cache: CacheMode) {
+    run_n(dir, aio, cache, REQUESTS);
+}
+
+fn run_n(dir: &str, aio: AioMode, cache: CacheMode, requests: u64) {
     let img = image_in(dir, IMAGE);
     let ctx = AioContext::new().unwrap();
     let options = BlockOptions {
@@ -206,6 +212,7 @@ fn run(dir: &str, aio: AioMode, cache: CacheMode) {
             failures: Vec::new(),
         }),
         completed: AtomicU64::new(0),
+        requests,
     });
     let iothread = IoThread::spawn("integrity-io", ctx.clone()).unwrap();
     {
@@ -215,7 +222,7 @@ fn run(dir: &str, aio: AioMode, cache: CacheMode) {
     let result = watch(
         &ctx,
         &[("completed requests", &driver.completed)],
-        || driver.completed.load(Ordering::Relaxed) >= REQUESTS,
+        || driver.completed.load(Ordering::Relaxed) >= requests,
         Duration::from_secs(10),
         Duration::from_secs(60),
         DumpDepth::Backtraces,
@@ -264,4 +271,12 @@ fn io_uring_writeback_on_tmpfs() {
 #[test]
 fn threads_writeback_on_tmpfs() {
     run("/dev/shm", AioMode::Threads, CacheMode::Writeback);
+}
+
+/// The same, long enough for the copier that shares a deep tmpfs queue with the
+/// iothread (docs/block.md) to start, run through many dispatches and stop
+/// many times, racing the share BH for the same queue.
+#[test]
+fn threads_writeback_on_tmpfs_long() {
+    run_n("/dev/shm", AioMode::Threads, CacheMode::Writeback, 40_000);
 }

@@ -190,6 +190,19 @@ impl ThreadPool {
         self.inner.completion_bh.schedule();
     }
 
+    /// [`Self::queue_completion_later`] for several completions at once: one
+    /// lock round and one schedule for the lot, each still run on its own.
+    /// Any thread; for a job that hands back finished work as it goes (the
+    /// block layer's copier). A `Vec` for the reason given at
+    /// [`Self::queue_completions`].
+    pub fn queue_completions_later(&self, dones: Vec<Box<dyn Task>>) {
+        if dones.is_empty() {
+            return;
+        }
+        lock(&self.inner.completions).extend(dones);
+        self.inner.completion_bh.schedule();
+    }
+
     /// Runs `work` on the calling thread now and queues `done(result)` on the
     /// completion BH as a worker would, for a context-lock holder for whom a
     /// worker would not help: one that would only sleep in its nested poll

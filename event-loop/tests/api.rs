@@ -714,3 +714,43 @@ fn a_bh_after_a_caught_panic_in_a_nested_dispatch_still_runs_in_the_same_pass() 
     drop(g);
     drop(a); // its closure holds a context clone
 }
+
+#[test]
+fn completions_queued_later_from_another_thread_wake_the_sleeping_iothread() {
+    let ctx = AioContext::new().unwrap();
+    let io = IoThread::spawn("io", ctx.clone()).unwrap();
+    wait_for_sleepers(&ctx, 1);
+    let writes = ctx.eventfd_writes();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let task = |id| -> Box<dyn event_loop::Task> {
+        Box::new(Recorded {
+            id,
+            log: log.clone(),
+            ctx: ctx.clone(),
+        })
+    };
+    let batch = vec![task(1), task(2), task(3)];
+    // A thread without the context lock, as a block-layer copier is.
+    let pool_ctx = ctx.clone();
+    std::thread::spawn(move || pool_ctx.thread_pool().queue_completions_later(batch))
+        .join()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while log.lock().unwrap().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the sleeping iothread never ran them: {:?}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(*log.lock().unwrap(), [1, 2, 3], "once each, in order");
+    assert!(ctx.eventfd_writes() > writes, "the iothread was woken");
+    // An empty batch schedules nothing: the iothread stays asleep.
+    wait_for_sleepers(&ctx, 1);
+    let writes = ctx.eventfd_writes();
+    ctx.thread_pool().queue_completions_later(Vec::new());
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(ctx.eventfd_writes(), writes);
+    io.stop();
+}

@@ -2,6 +2,7 @@
 //! the pool runs the completion on the context. Also the executor io_uring falls
 //! back to for discard and write-zeroes.
 
+use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, Weak};
 
@@ -18,9 +19,21 @@ use crate::{BlockError, Op};
 const INLINE_MAX_BYTES: u64 = 128 << 10;
 
 /// Plugged requests from one dispatch below this many all run inline; from this
-/// many on, half go to one worker as a single job (one hand-off for the lot), so
-/// a deep queue keeps a second CPU busy.
+/// many on, a worker's copier job takes part of them (`Plug::share`), so a deep
+/// queue keeps a second CPU busy.
 const SHARE_FROM: usize = 4;
+
+/// While a copier is at work, the share BH leaves it this many requests and
+/// goes back to the context's callbacks, whose new requests refill the queue
+/// before the copier runs dry. Without this the context thread emptied the
+/// queue, the copier stopped, and the next dispatch had to wake a worker again
+/// (in this VM 5-10 µs late, idling it a quarter of the time at queue depth 32).
+const COPIER_KEEPS: usize = 4;
+
+/// The copier hands its finished requests back in groups of this many: often
+/// enough that the context's callbacks refill the queue while it copies on, few
+/// enough lock rounds on the completion queue.
+const COPIER_DELIVERS_EVERY: usize = 4;
 
 thread_local! {
     /// Its address tells the threads apart in `Plug::dispatch_run`.
@@ -37,7 +50,7 @@ pub(crate) struct ThreadsEngine {
 /// Memory-backed requests queued by a dispatch for its end (`Plug::share`).
 struct Plug {
     file: Arc<RawFile>,
-    queued: Mutex<Vec<(Request, Completion)>>,
+    pending: Mutex<Pending>,
     /// (submitting thread, dispatch generation, small memory copies this backend
     /// got from that thread in that dispatch): per backend, so with two disks
     /// on one iothread each one's first request of a dispatch runs inline.
@@ -45,16 +58,28 @@ struct Plug {
     ctx: Weak<AioContext>,
 }
 
+/// The plugged requests and who drains them.
+#[derive(Default)]
+struct Pending {
+    /// Oldest first. Keeps its capacity from one dispatch to the next.
+    queue: VecDeque<(Request, Completion)>,
+    /// A copier job is queued or running: it takes requests from the front
+    /// until it finds the queue empty, and clears this under the same lock.
+    copier: bool,
+    /// Requests were plugged since the share BH last started: it is scheduled.
+    share_due: bool,
+}
+
 impl ThreadsEngine {
     pub(crate) fn new(ctx: Arc<AioContext>, file: Arc<RawFile>) -> ThreadsEngine {
         let plug = Arc::new(Plug {
             file,
-            queued: Mutex::new(Vec::new()),
+            pending: Mutex::new(Pending::default()),
             dispatch_run: Mutex::new((0, u64::MAX, 0)),
             ctx: Arc::downgrade(&ctx),
         });
         let bh_plug = Arc::clone(&plug);
-        let share_bh = ctx.new_bh("block-threads-share", move || bh_plug.share());
+        let share_bh = ctx.new_bh("block-threads-share", move || Plug::share(&bh_plug));
         ThreadsEngine {
             ctx,
             plug,
@@ -91,60 +116,113 @@ impl ThreadsEngine {
 }
 
 impl Plug {
-    /// Queues a request for `share`; true if it is the first since the last
-    /// share (the caller schedules the BH).
+    /// Queues a request for `share`; true if it is the first since the share
+    /// BH last started (the caller schedules the BH). Not "the queue was
+    /// empty": the share BH may have left requests to the copier.
     fn push(&self, req: Request, done: Completion) -> bool {
-        let mut queued = self.queued.lock().unwrap();
-        queued.push((req, done));
-        queued.len() == 1
+        let mut pending = self.pending.lock().unwrap();
+        pending.queue.push_back((req, done));
+        !std::mem::replace(&mut pending.share_due, true)
     }
 
-    /// The share BH (lock held): of the requests plugged by the last dispatch,
-    /// hands half to one worker as a single job when there are enough, and runs
-    /// the rest on this thread. The worker's part goes first, so it copies while
-    /// we do.
-    fn share(&self) {
-        // A BH runs only on a live context (taken before the batch, so nothing
-        // is dropped should that ever not hold).
+    /// The share BH (lock held): copies plugged requests, newest first; when
+    /// there are enough and no copier is at work, starts one on a worker,
+    /// which takes the oldest at the same time. While a copier works, this
+    /// stops [`COPIER_KEEPS`] short of the end and leaves those to it;
+    /// otherwise it empties the queue.
+    ///
+    /// Whoever is free takes the next request, so the split follows the
+    /// threads' speeds. The rule before, half of each batch to a new job, left
+    /// the worker idle about 30% of the time at queue depth 32 (each batch
+    /// woke a worker, several different ones in turn) and reached 0.7-0.8x of
+    /// fio's 32 psync threads on tmpfs reads; this keeps one copier busy
+    /// through the whole run (docs/block.md).
+    fn share(self: &Arc<Self>) {
+        // A BH runs only on a live context.
         let ctx = self
             .ctx
             .upgrade()
             .expect("the share BH runs on its own context");
-        let mut batch = std::mem::take(&mut *self.queued.lock().unwrap());
         let pool = ctx.thread_pool();
-        if batch.len() >= SHARE_FROM {
-            let theirs: Vec<(Request, Completion)> = batch.drain(..batch.len() / 2).collect();
-            let file = Arc::clone(&self.file);
-            let weak_ctx = Arc::downgrade(&ctx);
-            let _job = pool.submit(
-                move || {
-                    theirs
-                        .into_iter()
-                        .map(|(req, done)| done.with_result(execute(&file, &req)))
-                        .collect::<Vec<_>>()
-                },
-                move |results| {
-                    // Not the callbacks themselves: one of them may wait in a
-                    // nested poll for a later one (drain, dropping the backend),
-                    // which this loop would own further up the stack. Each goes
-                    // back on the pool's completion queue on its own, where the
-                    // re-entrant completion BH delivers it, from nested polls too.
-                    let ctx = weak_ctx
-                        .upgrade()
-                        .expect("pool completions run on their live context");
-                    let held = ctx.acquire();
-                    ctx.thread_pool().queue_completions(&held, results);
-                },
-            );
+        let start_copier = {
+            let mut pending = self.pending.lock().unwrap();
+            pending.share_due = false;
+            let start = !pending.copier && pending.queue.len() >= SHARE_FROM;
+            pending.copier |= start;
+            start
+        };
+        if start_copier {
+            let plug = Arc::clone(self);
+            let _job = pool.submit_task(move || {
+                plug.copy();
+                // Everything went back through the completion queue; this
+                // zero-sized task (no allocation) is the job's own completion.
+                Box::new(|| {})
+            });
         }
-        // All of ours first, then their completions in one go: none can run
-        // before this BH returns anyway.
-        let finished: Vec<Box<dyn Task>> = batch
-            .into_iter()
-            .map(|(req, done)| done.with_result(execute(&self.file, &req)))
-            .collect();
+        let mut finished: Vec<Box<dyn Task>> = Vec::new();
+        loop {
+            // Only a lock holder plugs requests (this thread, now in this BH),
+            // so the queue only shrinks meanwhile. What is left here the
+            // copier takes: it stops only once it finds the queue empty.
+            let next = {
+                let mut pending = self.pending.lock().unwrap();
+                if pending.copier && pending.queue.len() <= COPIER_KEEPS {
+                    None
+                } else {
+                    pending.queue.pop_back()
+                }
+            };
+            let Some((req, done)) = next else { break };
+            finished.push(done.with_result(execute(&self.file, &req)));
+        }
         let held = ctx.acquire();
         pool.queue_completions(&held, finished);
+    }
+
+    /// The copier job (a pool worker, no context lock): copies plugged
+    /// requests from the front of the queue until it finds the queue empty,
+    /// handing the results back on the pool's completion queue every few
+    /// requests. Each callback runs there on its own, on the context, never in
+    /// a loop of ours: one of them may wait in a nested poll for a later one
+    /// (`drain`, dropping the backend), and a loop up the stack would own it.
+    fn copy(&self) {
+        let mut finished: Vec<Box<dyn Task>> = Vec::with_capacity(COPIER_DELIVERS_EVERY);
+        loop {
+            let next = {
+                let mut pending = self.pending.lock().unwrap();
+                let next = pending.queue.pop_front();
+                if next.is_none() {
+                    pending.copier = false;
+                }
+                next
+            };
+            let Some((req, done)) = next else { break };
+            finished.push(done.with_result(execute(&self.file, &req)));
+            if finished.len() == COPIER_DELIVERS_EVERY {
+                self.hand_back(std::mem::replace(
+                    &mut finished,
+                    Vec::with_capacity(COPIER_DELIVERS_EVERY),
+                ));
+            }
+        }
+        self.hand_back(finished);
+    }
+
+    /// Queues the copier's finished requests on the pool's completion BH,
+    /// waking the context's poller if it sleeps.
+    fn hand_back(&self, finished: Vec<Box<dyn Task>>) {
+        if finished.is_empty() {
+            return;
+        }
+        // The requests in `finished` are counted in flight by their backend,
+        // whose drop waits for them in nested polls of this context (the
+        // backend holds it): it is alive.
+        let ctx = self
+            .ctx
+            .upgrade()
+            .expect("a copier's requests keep their context alive");
+        ctx.thread_pool().queue_completions_later(finished);
     }
 }
 
@@ -162,7 +240,7 @@ impl Engine for ThreadsEngine {
             if self.is_small_memory_copy(&req) {
                 // The first such request of a dispatch runs now (the whole of a
                 // queue-depth-1 load); later ones wait for the dispatch's end,
-                // where `Plug::share` splits them with a worker. Either way the
+                // where `Plug::share` shares them with a copier. Either way the
                 // completion runs later, on the context, never inside this call.
                 if self.nth_in_this_dispatch() == 1 {
                     return run_here(pool, &held, &self.plug.file, &req, done);
