@@ -810,8 +810,8 @@ fn callback_waits_for_siblings(
 }
 
 /// 8 small tmpfs reads (one runs at once, seven are plugged; the share step
-/// starts a copier, which takes the oldest, and leaves it at least the last
-/// four); request 1, the oldest plugged and so the copier's, waits for the
+/// starts a copier, which takes the oldest, and leaves it the last 16, here
+/// all of them); request 1, the oldest plugged and so the copier's, waits for the
 /// others.
 fn shared_batch_callback_waits_for_siblings(in_callback: fn(&mut Option<Arc<BlockBackend>>)) {
     callback_waits_for_siblings(

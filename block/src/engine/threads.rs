@@ -23,12 +23,18 @@ const INLINE_MAX_BYTES: u64 = 128 << 10;
 /// queue keeps a second CPU busy.
 const SHARE_FROM: usize = 4;
 
-/// While a copier is at work, the share BH leaves it this many requests and
-/// goes back to the context's callbacks, whose new requests refill the queue
-/// before the copier runs dry. Without this the context thread emptied the
-/// queue, the copier stopped, and the next dispatch had to wake a worker again
-/// (in this VM 5-10 µs late, idling it a quarter of the time at queue depth 32).
-const COPIER_KEEPS: usize = 4;
+/// While a copier is at work, the share BH leaves it this many requests (about
+/// 25-30 µs of copying) and goes back to the context's other work, whose new
+/// requests refill the queue before the copier runs dry; it copies only what
+/// is beyond. Without this the context thread emptied the queue, the copier
+/// stopped, and the next dispatch had to wake a worker again (in this VM 5-10
+/// µs late, idling it a quarter of the time at queue depth 32). The more the
+/// context thread does per request besides copying, the more the copier
+/// should take: 16 keeps a virtio-scsi iothread (about 1.3 µs of its own per
+/// request) mostly out of the copying, and splits the block bench's 31-deep
+/// batches about evenly (docs/block.md, seventh session: 4, 8, 16 and half
+/// the batch measured on both benches).
+const COPIER_KEEPS: usize = 16;
 
 /// The copier hands its finished requests back in groups of this many: often
 /// enough that the context's callbacks refill the queue while it copies on, few
