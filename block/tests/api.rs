@@ -837,3 +837,91 @@ fn a_shared_batch_callback_may_drain_the_backend() {
 fn a_shared_batch_callback_may_drop_the_backend() {
     shared_batch_callback_waits_for_siblings(|b| drop(b.take()));
 }
+
+/// A steady deep load on tmpfs keeps the copier busy, yet with the pool
+/// capped at one worker another job (a discard) still runs soon: the copier
+/// hands over to a new job behind it after a bounded turn. The end-to-end
+/// property; the unit test `a_copier_hands_over_after_its_turn` pins the
+/// mechanism (here the copier's queue also empties now and then, which lets
+/// the discard through even without the turn).
+#[test]
+fn a_busy_copier_lets_other_pool_jobs_run() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::time::Instant;
+    const DEPTH: usize = 32;
+    let _wd = common::deadline(Duration::from_secs(30));
+    let img = image_in("/dev/shm", 4 * MIB);
+    let ctx = AioContext::new().unwrap();
+    ctx.thread_pool().set_max_workers(1);
+    let options = BlockOptions {
+        discard: block::DiscardMode::Unmap,
+        ..opts(AioMode::Threads, CacheMode::Writeback)
+    };
+    let b = Arc::new(BlockBackend::open(img.path(), &options, ctx.clone()).unwrap());
+    struct Load {
+        b: Arc<BlockBackend>,
+        bufs: Vec<std::sync::Mutex<Vec<u8>>>,
+        stop: AtomicBool,
+        done: AtomicU64,
+        live: AtomicU64,
+    }
+    fn issue(load: &Arc<Load>, slot: usize) {
+        if load.stop.load(Ordering::SeqCst) {
+            load.live.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        let mut buf = load.bufs[slot].lock().unwrap();
+        let iov = seg(&mut buf, 0, 4096);
+        let me = Arc::clone(load);
+        let offset = (slot as u64 % 1024) * 4096;
+        load.b.aio_read(offset, iov, move |r| {
+            assert_eq!(r.unwrap(), 4096);
+            me.done.fetch_add(1, Ordering::SeqCst);
+            issue(&me, slot);
+        });
+    }
+    let load = Arc::new(Load {
+        b: Arc::clone(&b),
+        bufs: (0..DEPTH)
+            .map(|_| std::sync::Mutex::new(vec![0u8; 4096]))
+            .collect(),
+        stop: AtomicBool::new(false),
+        done: AtomicU64::new(0),
+        live: AtomicU64::new(DEPTH as u64),
+    });
+    let iothread = IoThread::spawn("blk-copier-load", ctx.clone()).unwrap();
+    {
+        let _g = ctx.acquire();
+        for slot in 0..DEPTH {
+            issue(&load, slot);
+        }
+    }
+    // Well into the load: the copier is running.
+    while load.done.load(Ordering::SeqCst) < 20_000 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let discarded = Arc::new(AtomicBool::new(false));
+    let d = Arc::clone(&discarded);
+    let before = load.done.load(Ordering::SeqCst);
+    let asked = Instant::now();
+    {
+        let _g = ctx.acquire();
+        b.aio_discard(0, 4096, move |r| {
+            r.unwrap();
+            d.store(true, Ordering::SeqCst);
+        });
+    }
+    while !discarded.load(Ordering::SeqCst) && asked.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let during = load.done.load(Ordering::SeqCst) - before;
+    load.stop.store(true, Ordering::SeqCst);
+    while load.live.load(Ordering::SeqCst) > 0 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    iothread.stop();
+    assert!(
+        discarded.load(Ordering::SeqCst),
+        "the discard starved behind the copier ({during} reads ran meanwhile)"
+    );
+}

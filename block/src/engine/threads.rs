@@ -36,6 +36,12 @@ const SHARE_FROM: usize = 4;
 /// the batch measured on both benches).
 const COPIER_KEEPS: usize = 16;
 
+/// A copier that has copied this many requests and still finds work goes to
+/// the back of the pool's queue (a new job) instead of going on: under a
+/// steady load it would otherwise hold its worker for good, and a pool capped
+/// at one worker would never run anyone else's job.
+const COPIER_TURN: usize = 256;
+
 /// The copier hands its finished requests back in groups of this many: often
 /// enough that the context's callbacks refill the queue while it copies on, few
 /// enough lock rounds on the completion queue.
@@ -158,13 +164,7 @@ impl Plug {
             start
         };
         if start_copier {
-            let plug = Arc::clone(self);
-            let _job = pool.submit_task(move || {
-                plug.copy();
-                // Everything went back through the completion queue; this
-                // zero-sized task (no allocation) is the job's own completion.
-                Box::new(|| {})
-            });
+            self.queue_copier(pool);
         }
         let mut finished: Vec<Box<dyn Task>> = Vec::new();
         loop {
@@ -186,24 +186,44 @@ impl Plug {
         pool.queue_completions(&held, finished);
     }
 
+    /// Queues a copier job (`copier` already set).
+    fn queue_copier(self: &Arc<Self>, pool: &ThreadPool) {
+        let plug = Arc::clone(self);
+        let _job = pool.submit_task(move || {
+            plug.copy();
+            // Everything went back through the completion queue; this
+            // zero-sized task (no allocation) is the job's own completion.
+            Box::new(|| {})
+        });
+    }
+
     /// The copier job (a pool worker, no context lock): copies plugged
     /// requests from the front of the queue until it finds the queue empty,
     /// handing the results back on the pool's completion queue every few
     /// requests. Each callback runs there on its own, on the context, never in
     /// a loop of ours: one of them may wait in a nested poll for a later one
     /// (`drain`, dropping the backend), and a loop up the stack would own it.
-    fn copy(&self) {
+    /// After [`COPIER_TURN`] requests with work still queued it hands over to
+    /// a new copier job, still counted by `copier`, so nothing left to it
+    /// waits for a share BH that may never come.
+    fn copy(self: &Arc<Self>) {
         let mut finished: Vec<Box<dyn Task>> = Vec::with_capacity(COPIER_DELIVERS_EVERY);
-        loop {
-            let next = {
+        let mut copied = 0;
+        let turn_over = loop {
+            let (req, done) = {
                 let mut pending = self.pending.lock().unwrap();
-                let next = pending.queue.pop_front();
-                if next.is_none() {
-                    pending.copier = false;
+                if copied == COPIER_TURN && !pending.queue.is_empty() {
+                    break true; // `copier` stays set for the next job
                 }
-                next
+                match pending.queue.pop_front() {
+                    Some(next) => next,
+                    None => {
+                        pending.copier = false;
+                        break false;
+                    }
+                }
             };
-            let Some((req, done)) = next else { break };
+            copied += 1;
             finished.push(done.with_result(execute(&self.file, &req)));
             if finished.len() == COPIER_DELIVERS_EVERY {
                 self.hand_back(std::mem::replace(
@@ -211,8 +231,17 @@ impl Plug {
                     Vec::with_capacity(COPIER_DELIVERS_EVERY),
                 ));
             }
-        }
+        };
         self.hand_back(finished);
+        if turn_over {
+            // What is queued is in flight, so its backend, and the context
+            // the backend holds, are alive (see `hand_back`).
+            let ctx = self
+                .ctx
+                .upgrade()
+                .expect("requests left to a copier keep their context alive");
+            self.queue_copier(ctx.thread_pool());
+        }
     }
 
     /// Queues the copier's finished requests on the pool's completion BH,
@@ -443,4 +472,114 @@ fn transfer(
         advance(vecs, &mut first, ret as usize);
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::{BlockOptions, IoVec};
+
+    /// A plug on a tmpfs file, with `n` 4 KiB reads queued as if the share BH
+    /// had started a copier for them; returns the engine, the completion
+    /// count and the buffers (which must outlive the requests).
+    fn queued_reads(
+        ctx: &Arc<AioContext>,
+        n: usize,
+    ) -> (
+        ThreadsEngine,
+        Arc<AtomicUsize>,
+        Vec<u8>,
+        tempfile::NamedTempFile,
+    ) {
+        let img = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        img.as_file().set_len(1 << 20).unwrap();
+        let file = Arc::new(RawFile::open(img.path(), &BlockOptions::default()).unwrap());
+        let engine = ThreadsEngine::new(Arc::clone(ctx), file);
+        let completed = Arc::new(AtomicUsize::new(0));
+        let mut bufs = vec![0u8; n * 4096];
+        {
+            let mut pending = engine.plug.pending.lock().unwrap();
+            for chunk in bufs.chunks_exact_mut(4096) {
+                // SAFETY: `bufs` outlives every request: the test waits for
+                // all completions before it drops them.
+                let iov = unsafe { IoVec::new(chunk.as_mut_ptr(), 4096) };
+                let count = Arc::clone(&completed);
+                pending.queue.push_back((
+                    Request::Read {
+                        offset: 0,
+                        iov: super::super::Segments::One(iov),
+                    },
+                    Completion::new(move |r| {
+                        assert_eq!(r.unwrap(), 4096);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }),
+                ));
+            }
+            pending.copier = true;
+        }
+        (engine, completed, bufs, img)
+    }
+
+    fn poll_until(ctx: &AioContext, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let _g = ctx.acquire();
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting: {what}");
+            ctx.poll(false);
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// A copier with more than its turn of work copies its turn, hands over
+    /// to a new job queued behind the pool's others (here behind a job that
+    /// holds the pool's only worker), and leaves `copier` set so the share BH
+    /// keeps leaving requests to it; the new job copies the rest.
+    #[test]
+    fn a_copier_hands_over_after_its_turn() {
+        let ctx = AioContext::new().unwrap();
+        let pool = ctx.thread_pool();
+        pool.set_max_workers(1);
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let blocker = pool.submit(move || blocked.recv().ok(), |_| {});
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !blocker.has_started() {
+            assert!(Instant::now() < deadline, "the blocking job never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let n = COPIER_TURN + 10;
+        let (engine, completed, _bufs, _img) = queued_reads(&ctx, n);
+        engine.plug.copy();
+        {
+            let pending = engine.plug.pending.lock().unwrap();
+            assert_eq!(pending.queue.len(), 10, "the copier went past its turn");
+            assert!(pending.copier, "handed over, so still counted as at work");
+        }
+        release.send(()).unwrap();
+        poll_until(&ctx, "the next copier's completions", || {
+            completed.load(Ordering::SeqCst) == n
+        });
+        let pending = engine.plug.pending.lock().unwrap();
+        assert!(pending.queue.is_empty());
+        assert!(!pending.copier, "the last copier found the queue empty");
+    }
+
+    /// A copier whose work fits its turn empties the queue and stops.
+    #[test]
+    fn a_copier_within_its_turn_empties_the_queue_and_stops() {
+        let ctx = AioContext::new().unwrap();
+        let (engine, completed, _bufs, _img) = queued_reads(&ctx, 20);
+        engine.plug.copy();
+        {
+            let pending = engine.plug.pending.lock().unwrap();
+            assert!(pending.queue.is_empty());
+            assert!(!pending.copier);
+        }
+        poll_until(&ctx, "the copier's completions", || {
+            completed.load(Ordering::SeqCst) == 20
+        });
+        assert_eq!(ctx.thread_pool().workers(), 0, "no successor job");
+    }
 }
