@@ -55,5 +55,5 @@ pub use error::Error;
 #[cfg(feature = "fault-knobs")]
 pub use fault::Fault;
 pub use iothread::IoThread;
-pub use pool::{JobHandle, Task, ThreadPool};
+pub use pool::{CompletionSender, JobHandle, Task, ThreadPool};
 pub use timer::{coarse_now_ns, now_ns, Timer};

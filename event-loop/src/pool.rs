@@ -95,6 +95,31 @@ pub struct ThreadPool {
     inner: Arc<PoolInner>,
 }
 
+/// Queues completions on a pool's completion BH from any thread, like
+/// [`ThreadPool::queue_completion_later`], without keeping the pool's context
+/// alive: a job holding one does not end up dropping the context when its
+/// last completion lets everyone else go. Completions queued after the
+/// context is gone never run, so a holder queues only work its context
+/// still waits for (requests counted in flight by a block backend, whose
+/// drop waits for them in nested polls of that context).
+#[derive(Clone)]
+pub struct CompletionSender {
+    inner: Arc<PoolInner>,
+}
+
+impl CompletionSender {
+    /// Queues `dones` in one lock round and schedules the completion BH once
+    /// (waking the context's poller if it sleeps); each still runs on its own,
+    /// in order. A `Vec` for the reason given at [`ThreadPool::queue_completions`].
+    pub fn queue_completions_later(&self, dones: Vec<Box<dyn Task>>) {
+        if dones.is_empty() {
+            return;
+        }
+        lock(&self.inner.completions).extend(dones);
+        self.inner.completion_bh.schedule();
+    }
+}
+
 /// A handle to one submitted job.
 pub struct JobHandle {
     job: Arc<Job>,
@@ -190,17 +215,13 @@ impl ThreadPool {
         self.inner.completion_bh.schedule();
     }
 
-    /// [`Self::queue_completion_later`] for several completions at once: one
-    /// lock round and one schedule for the lot, each still run on its own.
-    /// Any thread; for a job that hands back finished work as it goes (the
-    /// block layer's copier). A `Vec` for the reason given at
-    /// [`Self::queue_completions`].
-    pub fn queue_completions_later(&self, dones: Vec<Box<dyn Task>>) {
-        if dones.is_empty() {
-            return;
+    /// A handle for queueing completions on this pool from a job that hands
+    /// back finished work as it goes (the block layer's copier); see
+    /// [`CompletionSender`].
+    pub fn completion_sender(&self) -> CompletionSender {
+        CompletionSender {
+            inner: Arc::clone(&self.inner),
         }
-        lock(&self.inner.completions).extend(dones);
-        self.inner.completion_bh.schedule();
     }
 
     /// Runs `work` on the calling thread now and queues `done(result)` on the

@@ -731,8 +731,8 @@ fn completions_queued_later_from_another_thread_wake_the_sleeping_iothread() {
     };
     let batch = vec![task(1), task(2), task(3)];
     // A thread without the context lock, as a block-layer copier is.
-    let pool_ctx = ctx.clone();
-    std::thread::spawn(move || pool_ctx.thread_pool().queue_completions_later(batch))
+    let sender = ctx.thread_pool().completion_sender();
+    std::thread::spawn(move || sender.queue_completions_later(batch))
         .join()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -749,7 +749,9 @@ fn completions_queued_later_from_another_thread_wake_the_sleeping_iothread() {
     // An empty batch schedules nothing: the iothread stays asleep.
     wait_for_sleepers(&ctx, 1);
     let writes = ctx.eventfd_writes();
-    ctx.thread_pool().queue_completions_later(Vec::new());
+    ctx.thread_pool()
+        .completion_sender()
+        .queue_completions_later(Vec::new());
     std::thread::sleep(Duration::from_millis(20));
     assert_eq!(ctx.eventfd_writes(), writes);
     io.stop();

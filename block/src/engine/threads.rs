@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::os::unix::io::RawFd;
 use std::sync::{Arc, Mutex, Weak};
 
-use event_loop::{AioContext, BottomHalf, ContextGuard, Task, ThreadPool};
+use event_loop::{AioContext, BottomHalf, CompletionSender, ContextGuard, Task, ThreadPool};
 
 use super::{advance, Completion, Engine, Request};
 use crate::bounce::BounceBuffer;
@@ -189,8 +189,9 @@ impl Plug {
     /// Queues a copier job (`copier` already set).
     fn queue_copier(self: &Arc<Self>, pool: &ThreadPool) {
         let plug = Arc::clone(self);
+        let sender = pool.completion_sender();
         let _job = pool.submit_task(move || {
-            plug.copy();
+            Plug::copy(plug, &sender);
             // Everything went back through the completion queue; this
             // zero-sized task (no allocation) is the job's own completion.
             Box::new(|| {})
@@ -206,58 +207,50 @@ impl Plug {
     /// After [`COPIER_TURN`] requests with work still queued it hands over to
     /// a new copier job, still counted by `copier`, so nothing left to it
     /// waits for a share BH that may never come.
-    fn copy(self: &Arc<Self>) {
+    ///
+    /// The plug (and with it the file and its image lock) goes before the
+    /// last results are handed back: the backend's drop waits only for the
+    /// callbacks, and an image reopened right after must not find itself
+    /// still locked by us. Earlier groups are handed back only once the next
+    /// request is taken, so one of ours is still in flight while we hold the
+    /// plug. Nor does the copier own the context: it hands back through a
+    /// [`CompletionSender`], so the context is never dropped by a copier.
+    fn copy(plug: Arc<Plug>, sender: &CompletionSender) {
         let mut finished: Vec<Box<dyn Task>> = Vec::with_capacity(COPIER_DELIVERS_EVERY);
         let mut copied = 0;
-        let turn_over = loop {
-            let (req, done) = {
-                let mut pending = self.pending.lock().unwrap();
+        loop {
+            let next = {
+                let mut pending = plug.pending.lock().unwrap();
                 if copied == COPIER_TURN && !pending.queue.is_empty() {
-                    break true; // `copier` stays set for the next job
+                    // `copier` stays set for the next job. What is queued is
+                    // in flight, so its backend, and the context the backend
+                    // holds, are alive, and this reference is not the last.
+                    drop(pending);
+                    let ctx = plug
+                        .ctx
+                        .upgrade()
+                        .expect("requests left to a copier keep their context alive");
+                    plug.queue_copier(ctx.thread_pool());
+                    break;
                 }
-                match pending.queue.pop_front() {
-                    Some(next) => next,
-                    None => {
-                        pending.copier = false;
-                        break false;
-                    }
+                let next = pending.queue.pop_front();
+                if next.is_none() {
+                    pending.copier = false;
                 }
+                next
             };
-            copied += 1;
-            finished.push(done.with_result(execute(&self.file, &req)));
+            let Some((req, done)) = next else { break };
             if finished.len() == COPIER_DELIVERS_EVERY {
-                self.hand_back(std::mem::replace(
+                sender.queue_completions_later(std::mem::replace(
                     &mut finished,
                     Vec::with_capacity(COPIER_DELIVERS_EVERY),
                 ));
             }
-        };
-        self.hand_back(finished);
-        if turn_over {
-            // What is queued is in flight, so its backend, and the context
-            // the backend holds, are alive (see `hand_back`).
-            let ctx = self
-                .ctx
-                .upgrade()
-                .expect("requests left to a copier keep their context alive");
-            self.queue_copier(ctx.thread_pool());
+            copied += 1;
+            finished.push(done.with_result(execute(&plug.file, &req)));
         }
-    }
-
-    /// Queues the copier's finished requests on the pool's completion BH,
-    /// waking the context's poller if it sleeps.
-    fn hand_back(&self, finished: Vec<Box<dyn Task>>) {
-        if finished.is_empty() {
-            return;
-        }
-        // The requests in `finished` are counted in flight by their backend,
-        // whose drop waits for them in nested polls of this context (the
-        // backend holds it): it is alive.
-        let ctx = self
-            .ctx
-            .upgrade()
-            .expect("a copier's requests keep their context alive");
-        ctx.thread_pool().queue_completions_later(finished);
+        drop(plug);
+        sender.queue_completions_later(finished);
     }
 }
 
@@ -551,7 +544,10 @@ mod tests {
         }
         let n = COPIER_TURN + 10;
         let (engine, completed, _bufs, _img) = queued_reads(&ctx, n);
-        engine.plug.copy();
+        Plug::copy(
+            Arc::clone(&engine.plug),
+            &ctx.thread_pool().completion_sender(),
+        );
         {
             let pending = engine.plug.pending.lock().unwrap();
             assert_eq!(pending.queue.len(), 10, "the copier went past its turn");
@@ -571,7 +567,10 @@ mod tests {
     fn a_copier_within_its_turn_empties_the_queue_and_stops() {
         let ctx = AioContext::new().unwrap();
         let (engine, completed, _bufs, _img) = queued_reads(&ctx, 20);
-        engine.plug.copy();
+        Plug::copy(
+            Arc::clone(&engine.plug),
+            &ctx.thread_pool().completion_sender(),
+        );
         {
             let pending = engine.plug.pending.lock().unwrap();
             assert!(pending.queue.is_empty());
