@@ -473,6 +473,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
+    use crate::engine::Segments;
     use crate::{BlockOptions, IoVec};
 
     /// A plug on a tmpfs file, with `n` 4 KiB reads queued as if the share BH
@@ -503,7 +504,7 @@ mod tests {
                 pending.queue.push_back((
                     Request::Read {
                         offset: 0,
-                        iov: super::super::Segments::One(iov),
+                        iov: Segments::One(iov),
                     },
                     Completion::new(move |r| {
                         assert_eq!(r.unwrap(), 4096);
