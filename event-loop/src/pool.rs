@@ -99,9 +99,9 @@ pub struct ThreadPool {
 /// [`ThreadPool::queue_completion_later`], without keeping the pool's context
 /// alive: a job holding one does not end up dropping the context when its
 /// last completion lets everyone else go. Completions queued after the
-/// context is gone never run, so a holder queues only work its context
-/// still waits for (requests counted in flight by a block backend, whose
-/// drop waits for them in nested polls of that context).
+/// context is gone are dropped without running, so a holder queues only work
+/// its context still waits for (requests counted in flight by a block
+/// backend, whose drop waits for them in nested polls of that context).
 #[derive(Clone)]
 pub struct CompletionSender {
     inner: Arc<PoolInner>,
@@ -112,7 +112,13 @@ impl CompletionSender {
     /// (waking the context's poller if it sleeps); each still runs on its own,
     /// in order. A `Vec` for the reason given at [`ThreadPool::queue_completions`].
     pub fn queue_completions_later(&self, dones: Vec<Box<dyn Task>>) {
-        if dones.is_empty() {
+        // A dead context: nobody would run them, and scheduling the BH would
+        // queue it on the dead context's list, a reference cycle that keeps
+        // the context's fds open for good. A context that dies after this
+        // check clears that list only after joining its workers, so a pool
+        // job (the copier) cannot race it; another thread could, which is
+        // one more reason to queue only work the context still waits for.
+        if dones.is_empty() || self.inner.ctx.strong_count() == 0 {
             return;
         }
         lock(&self.inner.completions).extend(dones);
