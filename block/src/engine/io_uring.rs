@@ -37,7 +37,7 @@ use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::threads::ThreadsEngine;
-use super::{advance, Completion, Engine, Request};
+use super::{advance, Completion, Engine, Request, Segments};
 use crate::iovec::MAX_SEGMENTS;
 use crate::raw::RawFile;
 use crate::{BlockError, Op};
@@ -143,11 +143,52 @@ struct InFlight {
     op: Op,
     offset: u64,
     fua: bool,
-    vecs: Vec<libc::iovec>,
+    vecs: Iovecs,
     first: usize,
     done: usize,
     total: usize,
     completion: Completion,
+}
+
+/// A request's segments as the kernel takes them: one held inline (the common
+/// 4 KiB request, which goes as a plain read or write: no array to allocate,
+/// and the kernel never points into it), or a list, whose heap buffer a
+/// vectored entry points into (it does not move while the request is in
+/// flight: it is never resized).
+enum Iovecs {
+    One([libc::iovec; 1]),
+    Many(Vec<libc::iovec>),
+}
+
+impl Iovecs {
+    fn new(segments: Segments) -> Iovecs {
+        match segments {
+            // Only a segment a plain read or write can carry stays inline: a
+            // vectored entry must not point into `InFlight`.
+            Segments::One(one) if u32::try_from(one.len()).is_ok() => Iovecs::One([one.to_libc()]),
+            other => Iovecs::Many(other.into_libc()),
+        }
+    }
+}
+
+impl std::ops::Deref for Iovecs {
+    type Target = [libc::iovec];
+
+    fn deref(&self) -> &[libc::iovec] {
+        match self {
+            Iovecs::One(one) => one,
+            Iovecs::Many(list) => list,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Iovecs {
+    fn deref_mut(&mut self) -> &mut [libc::iovec] {
+        match self {
+            Iovecs::One(one) => one,
+            Iovecs::Many(list) => list,
+        }
+    }
 }
 
 // SAFETY: the raw iovec pointers in `InFlight` come from IoVecs whose builders
@@ -338,10 +379,10 @@ impl Ring {
     ) -> Result<(), (BlockError, Completion)> {
         let op = req.op();
         let offset = req.offset();
-        let (vecs, fua): (Vec<libc::iovec>, bool) = match req {
-            Request::Read { iov, .. } => (iov.into_libc(), false),
-            Request::Write { iov, fua, .. } => (iov.into_libc(), fua),
-            _ => (Vec::new(), false),
+        let (vecs, fua) = match req {
+            Request::Read { iov, .. } => (Iovecs::new(iov), false),
+            Request::Write { iov, fua, .. } => (Iovecs::new(iov), fua),
+            _ => (Iovecs::Many(Vec::new()), false),
         };
         let total = vecs.iter().map(|v: &libc::iovec| v.iov_len).sum();
         let slot = self.free.pop().expect("caller checked for a free slot");
@@ -660,7 +701,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::engine::Segments;
     use crate::{BlockOptions, IoVec};
 
     const BS: usize = 4096;
