@@ -166,7 +166,11 @@ impl Iovecs {
             // Only a segment a plain read or write can carry stays inline: a
             // vectored entry must not point into `InFlight`.
             Segments::One(one) if u32::try_from(one.len()).is_ok() => Iovecs::One([one.to_libc()]),
-            other => Iovecs::Many(other.into_libc()),
+            Segments::One(huge) => Iovecs::Many(vec![huge.to_libc()]),
+            // Same layout: converted in place, no allocation.
+            Segments::Many(list) => {
+                Iovecs::Many(list.into_iter().map(crate::IoVec::to_libc).collect())
+            }
         }
     }
 }

@@ -43,8 +43,8 @@ pub(crate) fn submitting_at_once() -> bool {
 }
 
 /// A request's segments: one held inline (the synchronous helpers, bounce
-/// buffers: no `Vec` to build; the io_uring engine still makes one for its
-/// in-flight state) or a caller's list.
+/// buffers, virtio-scsi's one-buffer requests: no `Vec` to build, in either
+/// engine) or a caller's list.
 #[derive(Debug)]
 pub(crate) enum Segments {
     One(IoVec),
@@ -58,17 +58,6 @@ impl std::ops::Deref for Segments {
         match self {
             Segments::One(one) => std::slice::from_ref(one),
             Segments::Many(list) => list,
-        }
-    }
-}
-
-impl Segments {
-    /// The segments as a `libc::iovec` list; a caller's list is converted in
-    /// place (same layout: no allocation).
-    pub(crate) fn into_libc(self) -> Vec<libc::iovec> {
-        match self {
-            Segments::One(one) => vec![one.to_libc()],
-            Segments::Many(list) => list.into_iter().map(IoVec::to_libc).collect(),
         }
     }
 }
