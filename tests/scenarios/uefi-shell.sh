@@ -18,6 +18,8 @@ step shell-prompt
 wait_for "Shell>" "$out" 120 || fail "no shell prompt; console: $(console_tail $out)"
 t_shell=$(now_ms)
 value cpus "$CPUS"
+# Which interrupt controller hangar made (it logs it at -v).
+value gic "$(sed -n 's/.*interrupt controller: GICv\([23]\).*/\1/p' $out | head -n 1)"
 value to_countdown_ms $(( t_countdown - t0 ))
 value countdown_ms $(( t_shell - t_countdown ))
 value to_shell_ms $(( t_shell - t0 ))

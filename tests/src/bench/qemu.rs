@@ -18,11 +18,41 @@ fn memory() -> String {
     std::env::var("HANGAR_BENCH_MEMORY").unwrap_or_else(|_| "2G".to_string())
 }
 
+/// The nested machine's interrupt controller version: 3 unless the scenario's
+/// script asks for 2 with a `# bench-machine: gic-version=2` line (a GICv2
+/// with the virtualization extensions, whose KVM has no GICv3 emulation, so
+/// Hangar takes its GICv2 path). `HANGAR_BENCH_GIC=2` or `=3` overrides it,
+/// to run any scenario on either.
+fn gic_version(scenario: &str) -> u8 {
+    match std::env::var("HANGAR_BENCH_GIC").as_deref() {
+        Ok("2") => return 2,
+        Ok("3") => return 3,
+        _ => {}
+    }
+    let script = super::workspace_root().join(format!("tests/scenarios/{scenario}.sh"));
+    let asks_v2 = std::fs::read_to_string(script).is_ok_and(|text| {
+        text.lines()
+            .any(|l| l.trim() == "# bench-machine: gic-version=2")
+    });
+    if asks_v2 {
+        2
+    } else {
+        3
+    }
+}
+
+fn machine(scenario: &str) -> String {
+    format!(
+        "virt,virtualization=on,gic-version={}",
+        gic_version(scenario)
+    )
+}
+
 fn base_command(bench: &Bench, scenario: &str) -> Command {
     let mut qemu = Command::new("qemu-system-aarch64");
     qemu.args([
         "-M",
-        "virt,virtualization=on,gic-version=3",
+        &machine(scenario),
         // pauth-impdef: the default QARMA5 pointer authentication is slow to emulate.
         "-cpu",
         "max,pauth-impdef=on",

@@ -14,6 +14,9 @@ use super::layout;
 
 pub use super::layout::GicVersion;
 
+/// A GICv2 routes interrupts to at most 8 CPU interfaces.
+pub const GICV2_MAX_VCPUS: u64 = 8;
+
 /// A created and initialised vGIC.
 pub struct Gic {
     pub version: GicVersion,
@@ -23,6 +26,11 @@ pub struct Gic {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GicError {
+    #[error(
+        "this host's KVM has no GICv3 emulation ({v3}), and a GICv2 serves at most \
+         {GICV2_MAX_VCPUS} vCPUs, not {vcpus}: use --cpus {GICV2_MAX_VCPUS} or fewer"
+    )]
+    TooManyVcpusForV2 { v3: kvm_ioctls::Error, vcpus: u64 },
     #[error("creating a GICv3 ({v3}) and a GICv2 ({v2}) both failed")]
     Create {
         v3: kvm_ioctls::Error,
@@ -42,10 +50,19 @@ impl Gic {
     /// has been initialised (KVM_DEV_ARM_VGIC_CTRL_INIT requires it).
     pub fn create(vm: &VmFd, vcpu_count: u64) -> Result<Gic, GicError> {
         let (version, device) = match create_device(vm, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3) {
-            Ok(dev) => (GicVersion::V3, dev),
+            Ok(dev) => {
+                log::info!("interrupt controller: GICv3");
+                (GicVersion::V3, dev)
+            }
+            Err(v3) if vcpu_count > GICV2_MAX_VCPUS => {
+                return Err(GicError::TooManyVcpusForV2 {
+                    v3,
+                    vcpus: vcpu_count,
+                })
+            }
             Err(v3) => match create_device(vm, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V2) {
                 Ok(dev) => {
-                    log::info!("no GICv3 emulation ({v3}); using GICv2");
+                    log::info!("interrupt controller: GICv2 (no GICv3 emulation: {v3})");
                     (GicVersion::V2, dev)
                 }
                 Err(v2) => return Err(GicError::Create { v3, v2 }),
