@@ -1,15 +1,37 @@
 //! FAT disk images for the firmware scenarios, made on the host with
 //! dosfstools and mtools (no mounting, no root needed): an EFI system partition
-//! holding `startup.nsh`, a second data disk, the boot-loop payload's disk, and
-//! a disk whose `\\EFI\\BOOT\\BOOTAA64.EFI` is the test UEFI application.
+//! holding `startup.nsh`, a second data disk, the boot-loop payload's disk, a
+//! disk whose `\\EFI\\BOOT\\BOOTAA64.EFI` is the test UEFI application, and
+//! one that boots the inner Linux guest (kernel, initramfs and the
+//! `startup.nsh` that starts the kernel's EFI stub).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::cpio::CpioWriter;
+use super::guest_kit::GuestKit;
 use super::{cmd, workspace_root, BenchError};
 
+/// Modules the inner Linux guest loads for its virtio-scsi disks, in
+/// dependency order (relative to `lib/modules/<release>/kernel`); Debian
+/// builds them all as modules.
+pub const INNER_GUEST_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_mmio.ko",
+    "drivers/scsi/scsi_common.ko",
+    "drivers/scsi/scsi_mod.ko",
+    "drivers/scsi/virtio_scsi.ko",
+    // sd_mod needs t10-pi (protection information), which needs these.
+    "crypto/crct10dif_common.ko",
+    "lib/crc-t10dif.ko",
+    "lib/crc64.ko",
+    "lib/crc64-rocksoft.ko",
+    "block/t10-pi.ko",
+    "drivers/scsi/sd_mod.ko",
+];
+
 /// Builds the images in `work` and returns `(name in /disks, path)` pairs.
-pub fn build(work: &Path) -> Result<Vec<(String, PathBuf)>, BenchError> {
+pub fn build(work: &Path, kit: &GuestKit) -> Result<Vec<(String, PathBuf)>, BenchError> {
     super::prereq::require_program("mkfs.vfat", "dosfstools")?;
     super::prereq::require_program("mcopy", "mtools")?;
     let payloads = workspace_root().join("tests/payloads");
@@ -27,12 +49,64 @@ pub fn build(work: &Path) -> Result<Vec<(String, PathBuf)>, BenchError> {
     mmd(&efiapp, "::/EFI")?;
     mmd(&efiapp, "::/EFI/BOOT")?;
     mcopy(&efiapp, &app, "::/EFI/BOOT/BOOTAA64.EFI")?;
+    let linux = linux_boot_disk(work, kit, &payloads)?;
     Ok(vec![
+        ("linux.img".into(), linux),
         ("efiapp.img".into(), efiapp),
         ("esp.img".into(), esp),
         ("data.img".into(), data),
         ("bootloop.img".into(), bootloop),
     ])
+}
+
+/// The linux-disk scenario's boot disk: the kernel (an EFI application through
+/// its EFI stub) as `\\Image`, the inner guest's initramfs as `\\initrd`, and
+/// a `startup.nsh` that starts one with the other.
+fn linux_boot_disk(work: &Path, kit: &GuestKit, payloads: &Path) -> Result<PathBuf, BenchError> {
+    let initrd = work.join("linux-initrd.cpio");
+    inner_initramfs(kit, &payloads.join("linux-init.sh"), &initrd)?;
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .map_err(BenchError::io(p))
+    };
+    // Room for both files and the FAT's own tables.
+    let mib = ((size(&kit.kernel)? + size(&initrd)?) >> 20) + 8;
+    let image = fat_image(work, "linux.img", mib as u32, "HANGARLINUX")?;
+    mcopy(&image, &kit.kernel, "::/Image")?;
+    mcopy(&image, &initrd, "::/initrd")?;
+    mcopy(
+        &image,
+        &payloads.join("linux-startup.nsh"),
+        "::/startup.nsh",
+    )?;
+    Ok(image)
+}
+
+/// The inner guest's initramfs (newc cpio, uncompressed): busybox, `init`
+/// and the modules of [`INNER_GUEST_MODULES`] flat in `/lib/modules`.
+fn inner_initramfs(kit: &GuestKit, init: &Path, out: &Path) -> Result<(), BenchError> {
+    let file = std::fs::File::create(out).map_err(BenchError::io(out))?;
+    let mut cpio = CpioWriter::new(std::io::BufWriter::new(file));
+    let io = |e| BenchError::io(out)(e);
+    for dir in ["bin", "dev", "proc", "sys", "tmp", "lib", "lib/modules"] {
+        cpio.dir(dir).map_err(io)?;
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(BenchError::io(p));
+    cpio.file("bin/busybox", 0o755, &read(&kit.busybox)?)
+        .map_err(io)?;
+    cpio.file("init", 0o755, &read(init)?).map_err(io)?;
+    for module in INNER_GUEST_MODULES {
+        let src = kit.modules.join("kernel").join(module);
+        let name = Path::new(module)
+            .file_name()
+            .expect("a module path names a file")
+            .to_string_lossy();
+        cpio.file(&format!("lib/modules/{name}"), 0o644, &read(&src)?)
+            .map_err(io)?;
+    }
+    let mut writer = cpio.finish().map_err(io)?;
+    writer.flush().map_err(io)
 }
 
 fn fat_image(work: &Path, name: &str, mib: u32, label: &str) -> Result<PathBuf, BenchError> {

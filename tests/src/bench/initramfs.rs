@@ -1,7 +1,8 @@
 //! Packing the nested machine's initramfs (zstd-compressed newc cpio): busybox,
 //! the `/init` that runs one scenario, the scenarios, `hangar`, the AAVMF
 //! firmware with QEMU's descriptors (so `--firmware auto` finds it), and the
-//! kernel plus modules an inner Linux guest needs.
+//! scenarios' disk images (the inner Linux guest's kernel and initramfs live
+//! on one of them, see `disk_images`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,16 +18,6 @@ const FIRMWARE_FILES: &[&str] = &[
     "/usr/share/AAVMF/AAVMF_CODE.fd",
     "/usr/share/AAVMF/AAVMF_VARS.fd",
     "/usr/share/qemu/firmware/60-edk2-aarch64.json",
-];
-
-/// Modules an inner Linux guest loads, in dependency order (relative to
-/// `lib/modules/<release>/kernel`).
-pub const INNER_GUEST_MODULES: &[&str] = &[
-    "drivers/virtio/virtio_mmio.ko",
-    "drivers/scsi/scsi_common.ko",
-    "drivers/scsi/scsi_mod.ko",
-    "drivers/scsi/virtio_scsi.ko",
-    "drivers/scsi/sd_mod.ko",
 ];
 
 /// Builds `<work>/initramfs.zst` and returns its path.
@@ -68,9 +59,6 @@ pub fn build(kit: &GuestKit, hangar: &Path, work: &Path) -> Result<PathBuf, Benc
         "usr/share/qemu",
         "usr/share/qemu/firmware",
         "scenarios",
-        "guest",
-        "lib",
-        "lib/modules",
     ] {
         cpio.dir(dir).map_err(io)?;
     }
@@ -101,22 +89,8 @@ pub fn build(kit: &GuestKit, hangar: &Path, work: &Path) -> Result<PathBuf, Benc
     }
 
     cpio.dir("disks").map_err(io)?;
-    for (name, image) in disk_images::build(work)? {
+    for (name, image) in disk_images::build(work, kit)? {
         add_file(&mut cpio, &format!("disks/{name}"), 0o644, &image)?;
-    }
-
-    add_file(&mut cpio, "guest/Image", 0o644, &kit.kernel)?;
-    let module_root = format!("lib/modules/{}", kit.release);
-    cpio.dir(&module_root).map_err(io)?;
-    for module in INNER_GUEST_MODULES {
-        let src = kit.modules.join("kernel").join(module);
-        let name = Path::new(module)
-            .file_name()
-            .expect("has name")
-            .to_string_lossy();
-        if src.exists() {
-            add_file(&mut cpio, &format!("{module_root}/{name}"), 0o644, &src)?;
-        }
     }
 
     let writer = cpio.finish().map_err(io)?;
