@@ -41,3 +41,36 @@ fn linux_guest_finds_both_disks_and_its_write_reaches_the_image_file() {
     );
     assert_eq!(value("data_in_file").as_deref(), Some("yes"), "{explain}");
 }
+
+/// The shape of QEMU's aarch64 hang, driven by a real guest: EFI variable
+/// writes (runtime services programming the CFI flash: synchronous block
+/// writes through nested polls of the iothread's context, from a vCPU) while
+/// the guest keeps virtio-scsi requests in flight on that same context.
+#[test]
+fn linux_writes_efi_variables_while_its_disk_is_busy_without_a_hang() {
+    let verdict = bench::expect_pass("linux-efivars-under-io", Duration::from_secs(900));
+    let value = |key: &str| verdict.value(key).map(str::to_string);
+    let explain = verdict.explain();
+    assert_eq!(value("exit_status").as_deref(), Some("0"), "{explain}");
+    assert_eq!(
+        value("efivars_written").as_deref(),
+        Some("40"),
+        "{explain}"
+    );
+    assert_eq!(
+        value("efivars_last").as_deref(),
+        Some("hangar-0040"),
+        "{explain}"
+    );
+    // Every I/O process got through loops of its own while the variables
+    // were written: the disk was busy throughout, not only before or after.
+    let min_loops: u32 = value("io_loops_min")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no io_loops_min\n{explain}"));
+    assert!(min_loops >= 2, "{explain}");
+    assert_eq!(
+        value("variable_in_vars_file").as_deref(),
+        Some("yes"),
+        "{explain}"
+    );
+}

@@ -28,6 +28,8 @@ pub const INNER_GUEST_MODULES: &[&str] = &[
     "lib/crc64-rocksoft.ko",
     "block/t10-pi.ko",
     "drivers/scsi/sd_mod.ko",
+    // For the EFI variables the guest writes (linux-efivars-under-io).
+    "fs/efivarfs/efivarfs.ko",
 ];
 
 /// Builds the images in `work` and returns `(name in /disks, path)` pairs.
