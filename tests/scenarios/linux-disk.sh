@@ -42,6 +42,11 @@ value guest_data_queues "$(guest 'data queues=')"
 grep -q "LINUX-GUEST: boot label ok" "$clean" || fail "the boot disk's first sector read wrong"
 value readonly_write "$(guest 'boot write ')"
 grep -q "LINUX-GUEST: data write-readback ok" "$clean" || fail "no write-readback on the data disk"
+# What hangar said while Linux ran (-v): warnings are rate-limited guest
+# misbehaviour reports (unmapped accesses, unknown registers); shown, counted.
+grep -E ' (WARN|ERROR) ' "$clean" | head -n 12
+value hangar_warnings "$(grep -c ' WARN ' "$clean")"
+value hangar_errors "$(grep -c ' ERROR ' "$clean")"
 step check-data-file
 yes hangar-linux-pattern | head -c 8192 > /tmp/pattern
 dd if=/tmp/data.raw bs=4096 skip=256 count=2 2>/dev/null > /tmp/on-disk

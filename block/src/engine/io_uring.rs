@@ -42,6 +42,9 @@ use crate::iovec::MAX_SEGMENTS;
 use crate::raw::RawFile;
 use crate::{BlockError, Op};
 
+/// The image's index in the ring's registered files (its only one).
+const IMAGE: types::Fixed = types::Fixed(0);
+
 /// Ring size (submission queue entries); the most requests in flight in the kernel.
 const ENTRIES: u32 = 128;
 
@@ -92,12 +95,12 @@ pub(crate) struct UringEngine {
 
 struct Shared {
     /// Behind its own `Arc`: the busy poll's readiness check holds only the ring
-    /// (weakly), never the file and its image lock.
+    /// (weakly). The ring holds the image (its registered file) only until the
+    /// engine's `Drop`, so a check running late never keeps the image locked.
     ring: Arc<Mutex<Ring>>,
     /// For the dispatch generation that marks a reap's callbacks.
     ctx: Weak<AioContext>,
     eventfd: EventFd,
-    file: Arc<RawFile>,
     /// Enters the kernel with the entries queued since the last submit (the unplug).
     flush_bh: BottomHalf,
     /// Enters the kernel again after it refused a batch with nothing in flight
@@ -219,6 +222,13 @@ impl UringEngine {
             .build(ENTRIES)
             .or_else(|_| IoUring::new(ENTRIES))
             .map_err(setup)?;
+        // The image is the ring's one registered file: entries name it by
+        // index, which spares the kernel looking the fd up (and counting a
+        // reference on the file) for every request. The ring then holds the
+        // file open, and with it the image lock, until `Drop` unregisters it.
+        ring.submitter()
+            .register_files(&[file.fd()])
+            .map_err(setup)?;
         let eventfd = EventFd::new(EFD_NONBLOCK).map_err(setup)?;
         ring.submitter()
             .register_eventfd(eventfd.as_raw_fd())
@@ -261,7 +271,6 @@ impl UringEngine {
                 fail_next_enter: None,
             })),
             eventfd,
-            file: Arc::clone(&file),
         });
         let handler_shared = Arc::clone(&shared);
         let ready_ring = Arc::downgrade(&shared.ring);
@@ -331,8 +340,7 @@ impl Engine for UringEngine {
                     ring.backlog.push_back((req, done));
                     return;
                 }
-                let fd = self.shared.file.fd();
-                if let Err((err, done)) = ring.start(fd, req, done) {
+                if let Err((err, done)) = ring.start(req, done) {
                     ring.failed.push((done, err));
                 }
                 let mut schedule = false;
@@ -365,6 +373,15 @@ impl Drop for UringEngine {
     fn drop(&mut self) {
         let _guard = self.ctx.acquire();
         self.ctx.remove_fd_handler(self.shared.eventfd.as_raw_fd());
+        // The ring's reference to the image goes now, not whenever the ring
+        // itself goes (the busy poll's readiness check may hold it a moment
+        // longer, and the kernel tears rings down in the background). Every
+        // request has completed by now (the backend drains before dropping
+        // its engine), so the kernel lets go of the file at once.
+        let ring = self.shared.ring.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = ring.ring.submitter().unregister_files() {
+            log::warn!("block: io_uring: unregistering the image from its ring failed: {e}");
+        }
     }
 }
 
@@ -375,12 +392,7 @@ impl Ring {
     }
 
     /// Puts a fresh request into a free slot and queues its entry (see `flush`).
-    fn start(
-        &mut self,
-        fd: i32,
-        req: Request,
-        done: Completion,
-    ) -> Result<(), (BlockError, Completion)> {
+    fn start(&mut self, req: Request, done: Completion) -> Result<(), (BlockError, Completion)> {
         let op = req.op();
         let offset = req.offset();
         let (vecs, fua) = match req {
@@ -400,7 +412,7 @@ impl Ring {
             total,
             completion: done,
         });
-        self.push(fd, slot).map_err(|err| {
+        self.push(slot).map_err(|err| {
             let inflight = self.slots[slot].take().expect("slot just filled");
             self.free.push(slot);
             (err, inflight.completion)
@@ -409,7 +421,7 @@ impl Ring {
 
     /// Queues the entry for the (remaining part of the) request in `slot`; it reaches
     /// the kernel with the next `flush` (at once if the submission queue is full).
-    fn push(&mut self, fd: i32, slot: usize) -> Result<(), BlockError> {
+    fn push(&mut self, slot: usize) -> Result<(), BlockError> {
         let r = self.slots[slot].as_ref().expect("slot in use");
         if let Some(errno) = self.broken {
             return Err(BlockError::from_errno(
@@ -418,7 +430,7 @@ impl Ring {
                 errno,
             ));
         }
-        let fd = types::Fd(fd);
+        let fd = IMAGE;
         let rest = &r.vecs[r.first..];
         let at = r.offset + r.done as u64;
         let flags = if r.fua { libc::RWF_DSYNC } else { 0 };
@@ -586,7 +598,6 @@ impl Shared {
     /// end-of-batch BH enters the kernel in this dispatch. Scheduled from that
     /// BH instead, it would wait for the next pass, one more `epoll_wait` later.
     fn reap(&self) {
-        let fd = self.file.fd();
         // Borrowed from the ring at the first lock, returned (empty) at the last.
         let mut finished: Vec<(Completion, Result<usize, BlockError>)> = Vec::new();
         let mut ran_callbacks = false;
@@ -605,7 +616,7 @@ impl Shared {
                         .map(|c| (c.user_data() as usize, c.result())),
                 );
                 for &(slot, res) in &cqes {
-                    if let Some(result) = ring.progress(fd, slot, res) {
+                    if let Some(result) = ring.progress(slot, res) {
                         let inflight = ring.slots[slot].take().expect("completed slot in use");
                         ring.free.push(slot);
                         finished.push((inflight.completion, result));
@@ -617,7 +628,7 @@ impl Shared {
                     let Some((req, done)) = ring.backlog.pop_front() else {
                         break;
                     };
-                    if let Err((err, done)) = ring.start(fd, req, done) {
+                    if let Err((err, done)) = ring.start(req, done) {
                         finished.push((done, Err(err)));
                     }
                 }
@@ -662,7 +673,7 @@ impl Shared {
 impl Ring {
     /// Accounts one completion of `slot`: `Some(result)` when the request is finished,
     /// `None` when the rest was resubmitted.
-    fn progress(&mut self, fd: i32, slot: usize, res: i32) -> Option<Result<usize, BlockError>> {
+    fn progress(&mut self, slot: usize, res: i32) -> Option<Result<usize, BlockError>> {
         let r = self.slots[slot]
             .as_mut()
             .expect("completion for a slot in use");
@@ -670,7 +681,7 @@ impl Ring {
         if res < 0 {
             let errno = -res;
             if errno == libc::EAGAIN || errno == libc::EINTR {
-                return self.resubmit(fd, slot);
+                return self.resubmit(slot);
             }
             return Some(Err(BlockError::from_errno(r.op, at, errno)));
         }
@@ -689,11 +700,11 @@ impl Ring {
         if r.done >= r.total {
             return Some(Ok(r.total));
         }
-        self.resubmit(fd, slot)
+        self.resubmit(slot)
     }
 
-    fn resubmit(&mut self, fd: i32, slot: usize) -> Option<Result<usize, BlockError>> {
-        match self.push(fd, slot) {
+    fn resubmit(&mut self, slot: usize) -> Option<Result<usize, BlockError>> {
+        match self.push(slot) {
             Ok(()) => None,
             Err(err) => Some(Err(err)),
         }
