@@ -74,6 +74,8 @@ const DRIVER_FEATURES_SEL: u64 = 0x024;
 const QUEUE_SEL: u64 = 0x030;
 const QUEUE_NUM_MAX: u64 = 0x034;
 const QUEUE_NUM: u64 = 0x038;
+/// Legacy (version 1) only: ignored here, see `write_register`.
+const LEGACY_QUEUE_ALIGN: u64 = 0x03c;
 const QUEUE_READY: u64 = 0x044;
 const QUEUE_NOTIFY: u64 = 0x050;
 const INTERRUPT_STATUS: u64 = 0x060;
@@ -248,6 +250,14 @@ impl MmioTransport {
             INTERRUPT_ACK => self.device.interrupt().acknowledge(value),
             STATUS => self.write_status(value),
             SHM_SEL => {}
+            // Stock AAVMF (EDK2's VirtioMmioDeviceLib, 2022.11) sets the legacy
+            // queue alignment on version-2 transports too, every boot; it means
+            // nothing here. QEMU ignores it as quietly.
+            LEGACY_QUEUE_ALIGN => {
+                log::debug!(
+                    "virtio-mmio: legacy QueueAlign {value:#x} on a version-2 transport ignored"
+                )
+            }
             _ => {
                 warn_limited!(
                     BAD_ACCESS,
