@@ -40,6 +40,8 @@ loops=$(guest 'io loops=')
 value io_loops "$loops"
 min=$(echo $loops | tr ' ' '\n' | sort -n | head -n 1)
 value io_loops_min "${min:-0}"
+grep -E ' (WARN|ERROR) ' "$clean" | head -n 12
+value hangar_errors "$(grep -c ' ERROR ' "$clean")"
 step check-vars-file
 grep -q "hangar-0040" /tmp/VARS.fd || fail "the last variable is not in /tmp/VARS.fd"
 value variable_in_vars_file yes

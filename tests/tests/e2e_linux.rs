@@ -56,6 +56,7 @@ fn linux_writes_efi_variables_while_its_disk_is_busy_without_a_hang() {
     let explain = verdict.explain();
     assert_eq!(value("exit_status").as_deref(), Some("0"), "{explain}");
     assert_eq!(value("efivars_written").as_deref(), Some("40"), "{explain}");
+    assert_eq!(value("hangar_errors").as_deref(), Some("0"), "{explain}");
     assert_eq!(
         value("efivars_last").as_deref(),
         Some("hangar-0040"),
