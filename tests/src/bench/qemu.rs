@@ -24,9 +24,14 @@ fn memory() -> String {
 /// Hangar takes its GICv2 path). `HANGAR_BENCH_GIC=2` or `=3` overrides it,
 /// to run any scenario on either.
 fn gic_version(scenario: &str) -> u8 {
-    match std::env::var("HANGAR_BENCH_GIC").as_deref() {
-        Ok("2") => return 2,
-        Ok("3") => return 3,
+    gic_version_with(scenario, std::env::var("HANGAR_BENCH_GIC").ok().as_deref())
+}
+
+/// [`gic_version`] with the override given (the environment's, for it).
+fn gic_version_with(scenario: &str, override_: Option<&str>) -> u8 {
+    match override_ {
+        Some("2") => return 2,
+        Some("3") => return 3,
         _ => {}
     }
     let script = super::workspace_root().join(format!("tests/scenarios/{scenario}.sh"));
@@ -247,4 +252,18 @@ fn read_stderr(child: &mut Child) -> String {
         let _ = err.read_to_string(&mut s);
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gic_version_with;
+
+    #[test]
+    fn a_scenario_gets_a_gicv2_only_by_its_directive_or_the_override() {
+        assert_eq!(gic_version_with("uefi-shell-gicv2", None), 2);
+        assert_eq!(gic_version_with("uefi-shell", None), 3);
+        assert_eq!(gic_version_with("no-such-scenario", None), 3);
+        assert_eq!(gic_version_with("uefi-shell", Some("2")), 2);
+        assert_eq!(gic_version_with("uefi-shell-gicv2", Some("3")), 3);
+    }
 }
