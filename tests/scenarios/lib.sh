@@ -80,3 +80,34 @@ wait_after() {
         sleep 0.2
     done
 }
+
+# --- The linux-* scenarios' inner guest (tests/payloads/linux-init.sh) ---
+
+# start_linux_guest OUT: a blank 16 MiB /tmp/data.raw unless the scenario made
+# one, then hangar with 2 vCPUs, the Linux boot disk (read-only, target 0)
+# and /tmp/data.raw (target 1); the console goes to OUT.
+start_linux_guest() {
+    step make-data-disk
+    [ -e /tmp/data.raw ] || dd if=/dev/zero of=/tmp/data.raw bs=1M count=16 2>/dev/null \
+        || fail "cannot make /tmp/data.raw"
+    step start-hangar
+    start_hangar "$1" -v run --cpus 2 --memory 512M --vars /tmp/VARS.fd \
+        --disk path=/disks/linux.img,readonly=on --disk path=/tmp/data.raw
+}
+
+# linux_guest_report OUT: once hangar has ended, the console without escape
+# codes goes to $clean; a guest's `FAILED` line fails the scenario with the
+# guest's last lines; hangar's own warnings and errors (-v) are shown and
+# counted (values hangar_warnings, hangar_errors).
+linux_guest_report() {
+    clean=/tmp/console.txt
+    sed 's/\x1b\[[0-9;?]*[A-Za-z]//g' "$1" | tr -d '\r' > "$clean"
+    ! grep -q "LINUX-GUEST: FAILED" "$clean" || fail "$(grep 'LINUX-GUEST: ' "$clean" | tail -n 16)"
+    grep -E ' (WARN|ERROR) ' "$clean" | head -n 12
+    value hangar_warnings "$(grep -c ' WARN ' "$clean")"
+    value hangar_errors "$(grep -c ' ERROR ' "$clean")"
+}
+
+# guest PREFIX: the rest of the guest's first line that starts with PREFIX
+# (after linux_guest_report).
+guest() { sed -n "s/^.*LINUX-GUEST: $1//p" "$clean" | head -n 1; }
