@@ -61,7 +61,7 @@ pub fn build(work: &Path, kit: &GuestKit) -> Result<Vec<(String, PathBuf)>, Benc
     ])
 }
 
-/// The linux-disk scenario's boot disk: the kernel (an EFI application through
+/// The linux-* scenarios' boot disk: the kernel (an EFI application through
 /// its EFI stub) as `\\Image`, the inner guest's initramfs as `\\initrd`, and
 /// a `startup.nsh` that starts one with the other.
 fn linux_boot_disk(work: &Path, kit: &GuestKit, payloads: &Path) -> Result<PathBuf, BenchError> {
