@@ -25,7 +25,7 @@ use devices::pl011::Pl011;
 use devices::pl031::Pl031;
 use event_loop::{AioContext, IoThread};
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::Kvm;
+use kvm_ioctls::{Cap, Kvm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::aarch64::{fdt, gic::Gic, layout, vcpu as arch_vcpu};
@@ -74,6 +74,8 @@ pub enum MachineError {
     MemorySlot(u32, #[source] kvm_ioctls::Error),
     #[error("creating vCPU {0}")]
     CreateVcpu(u64, #[source] kvm_ioctls::Error),
+    #[error("--cpus {asked}: this host's KVM runs at most {max} vCPUs in a VM")]
+    TooManyVcpus { asked: u64, max: u64 },
     #[error("initialising vCPU {0}")]
     InitVcpu(u64, #[source] arch_vcpu::VcpuInitError),
     #[error("starting vCPU thread {0}")]
@@ -315,6 +317,13 @@ impl Machine {
     fn boot_once(&mut self) -> Result<VmEvent, MachineError> {
         let cpus = u64::from(self.cfg.cpus);
         let vm = Arc::new(self.kvm.create_vm().map_err(MachineError::CreateVm)?);
+        // The limit is the VM's (on arm64 it follows the host's GIC: 8 with a
+        // GICv2); asked up front, it is a clear error instead of EINVAL from
+        // the first vCPU too many.
+        let max = u64::try_from(vm.check_extension_int(Cap::MaxVcpus)).unwrap_or(0);
+        if max > 0 && cpus > max {
+            return Err(MachineError::TooManyVcpus { asked: cpus, max });
+        }
         let mem = self.mem.clone();
         for region in mem.iter() {
             let desc = kvm_userspace_memory_region {
