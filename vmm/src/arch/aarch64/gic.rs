@@ -14,9 +14,6 @@ use super::layout;
 
 pub use super::layout::GicVersion;
 
-/// A GICv2 routes interrupts to at most 8 CPU interfaces.
-pub const GICV2_MAX_VCPUS: u64 = 8;
-
 /// A created and initialised vGIC.
 pub struct Gic {
     pub version: GicVersion,
@@ -26,11 +23,6 @@ pub struct Gic {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GicError {
-    #[error(
-        "this host's KVM has no GICv3 emulation ({v3}), and a GICv2 serves at most \
-         {GICV2_MAX_VCPUS} vCPUs, not {vcpus}: use --cpus {GICV2_MAX_VCPUS} or fewer"
-    )]
-    TooManyVcpusForV2 { v3: kvm_ioctls::Error, vcpus: u64 },
     #[error("creating a GICv3 ({v3}) and a GICv2 ({v2}) both failed")]
     Create {
         v3: kvm_ioctls::Error,
@@ -53,12 +45,6 @@ impl Gic {
             Ok(dev) => {
                 log::info!("interrupt controller: GICv3");
                 (GicVersion::V3, dev)
-            }
-            Err(v3) if vcpu_count > GICV2_MAX_VCPUS => {
-                return Err(GicError::TooManyVcpusForV2 {
-                    v3,
-                    vcpus: vcpu_count,
-                })
             }
             Err(v3) => match create_device(vm, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V2) {
                 Ok(dev) => {
