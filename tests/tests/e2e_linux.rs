@@ -6,43 +6,45 @@ use std::time::Duration;
 
 use hangar_tests::bench;
 
+/// Asserts each `(key, value)` of the verdict, with the whole verdict on failure.
+fn assert_values(verdict: &bench::Verdict, expected: &[(&str, &str)]) {
+    for &(key, want) in expected {
+        assert_eq!(
+            verdict.value(key),
+            Some(want),
+            "{key}\n{}",
+            verdict.explain()
+        );
+    }
+}
+
 #[test]
 fn linux_guest_finds_both_disks_and_its_write_reaches_the_image_file() {
     let verdict = bench::expect_pass("linux-disk", Duration::from_secs(1200));
-    let value = |key: &str| verdict.value(key).map(str::to_string);
-    let explain = verdict.explain();
-    assert_eq!(value("exit_status").as_deref(), Some("0"), "{explain}");
-    assert_eq!(value("guest_cpus").as_deref(), Some("2"), "{explain}");
-    assert_eq!(
-        value("guest_disks").as_deref(),
-        Some("sda sdb"),
-        "{explain}"
+    assert_values(
+        &verdict,
+        &[
+            ("exit_status", "0"),
+            ("guest_cpus", "2"),
+            ("guest_disks", "sda sdb"),
+            // The boot disk is attached readonly=on: Linux sees it
+            // write-protected (MODE SENSE's WP bit) and its write is refused;
+            // the data disk is not.
+            ("guest_boot_ro", "1"),
+            ("guest_data_ro", "0"),
+            ("readonly_write", "refused"),
+            // 16 MiB in 512-byte sectors, from READ CAPACITY.
+            ("guest_data_sectors", "32768"),
+            // Nothing Linux did made hangar log an error (warnings are shown
+            // in the log: the firmware's write to its read-only bank is one
+            // every boot).
+            ("hangar_errors", "0"),
+            // One request queue per vCPU (num_queues), each a blk-mq
+            // hardware queue.
+            ("guest_data_queues", "2"),
+            ("data_in_file", "yes"),
+        ],
     );
-    // The boot disk is attached readonly=on: Linux sees it write-protected
-    // (MODE SENSE's WP bit) and its write is refused; the data disk is not.
-    assert_eq!(value("guest_boot_ro").as_deref(), Some("1"), "{explain}");
-    assert_eq!(value("guest_data_ro").as_deref(), Some("0"), "{explain}");
-    assert_eq!(
-        value("readonly_write").as_deref(),
-        Some("refused"),
-        "{explain}"
-    );
-    // 16 MiB in 512-byte sectors, from READ CAPACITY.
-    assert_eq!(
-        value("guest_data_sectors").as_deref(),
-        Some("32768"),
-        "{explain}"
-    );
-    // Nothing Linux did made hangar log an error (warnings are shown in the
-    // log: the firmware's write to its read-only bank is one every boot).
-    assert_eq!(value("hangar_errors").as_deref(), Some("0"), "{explain}");
-    // One request queue per vCPU (num_queues), each a blk-mq hardware queue.
-    assert_eq!(
-        value("guest_data_queues").as_deref(),
-        Some("2"),
-        "{explain}"
-    );
-    assert_eq!(value("data_in_file").as_deref(), Some("yes"), "{explain}");
 }
 
 /// The shape of QEMU's aarch64 hang, driven by a real guest: EFI variable
@@ -52,25 +54,21 @@ fn linux_guest_finds_both_disks_and_its_write_reaches_the_image_file() {
 #[test]
 fn linux_writes_efi_variables_while_its_disk_is_busy_without_a_hang() {
     let verdict = bench::expect_pass("linux-efivars-under-io", Duration::from_secs(900));
-    let value = |key: &str| verdict.value(key).map(str::to_string);
-    let explain = verdict.explain();
-    assert_eq!(value("exit_status").as_deref(), Some("0"), "{explain}");
-    assert_eq!(value("efivars_written").as_deref(), Some("40"), "{explain}");
-    assert_eq!(value("hangar_errors").as_deref(), Some("0"), "{explain}");
-    assert_eq!(
-        value("efivars_last").as_deref(),
-        Some("hangar-0040"),
-        "{explain}"
+    assert_values(
+        &verdict,
+        &[
+            ("exit_status", "0"),
+            ("efivars_written", "40"),
+            ("hangar_errors", "0"),
+            ("efivars_last", "hangar-0040"),
+            ("variable_in_vars_file", "yes"),
+        ],
     );
     // Every I/O process got through loops of its own while the variables
     // were written: the disk was busy throughout, not only before or after.
-    let min_loops: u32 = value("io_loops_min")
+    let min_loops: u32 = verdict
+        .value("io_loops_min")
         .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no io_loops_min\n{explain}"));
-    assert!(min_loops >= 2, "{explain}");
-    assert_eq!(
-        value("variable_in_vars_file").as_deref(),
-        Some("yes"),
-        "{explain}"
-    );
+        .unwrap_or_else(|| panic!("no io_loops_min\n{}", verdict.explain()));
+    assert!(min_loops >= 2, "{}", verdict.explain());
 }
