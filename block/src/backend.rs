@@ -261,7 +261,14 @@ impl BlockBackend {
         })
     }
 
-    /// Submits `req`; `done` must come from [`Self::counted`].
+    /// The in-flight count itself, for a completion that decrements it without
+    /// [`Self::counted`]'s box (the synchronous helpers).
+    pub(crate) fn in_flight_count(&self) -> &AtomicUsize {
+        &self.in_flight
+    }
+
+    /// Submits `req`; `done` must be counted in flight: from [`Self::counted`],
+    /// or decrementing [`Self::in_flight_count`] as it runs.
     pub(crate) fn submit(&self, req: Request, done: Completion) {
         if let Err(err) = self.check(&req) {
             log::trace!("refused {:?}: {err}", req.op());

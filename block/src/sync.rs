@@ -7,55 +7,78 @@
 //! iothread may be asleep in its own poll of the same context while this thread
 //! polls it, and the pool completes requests from a third thread.
 
-use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::backend::{IoResult, WriteMode, ZeroMode};
-use crate::engine::{Request, Segments};
+use crate::engine::{Completion, Request, Segments};
 use crate::{BlockBackend, BlockError, IoVec};
 
-/// Aborts the process if a synchronous wait unwinds while its request still runs:
-/// the kernel or a worker could otherwise write into a freed stack buffer.
-struct InFlightGuard<'a>(&'a Slot);
+/// Where the completion leaves the result for the waiter: on the waiter's
+/// stack, for the whole wait. No `Arc` and no mutex: the synchronous path runs
+/// for every flash write, and each shared count or lock round is a locked
+/// instruction the plain `pwrite(2)` it is compared with does not pay.
+struct Slot<'a> {
+    /// The backend's in-flight count, which the completion decrements (a
+    /// `drain` in a callback that our own nested poll runs must see this
+    /// request finish, so the count cannot wait for our poll to return).
+    in_flight: &'a AtomicUsize,
+    /// Set (Release) after `result` is written; the waiter reads `result` only
+    /// after seeing it (Acquire).
+    done: AtomicBool,
+    result: UnsafeCell<Option<IoResult>>,
+}
 
-impl Drop for InFlightGuard<'_> {
-    fn drop(&mut self) {
-        if !self.0.done.load(Ordering::Acquire) {
-            eprintln!("block: synchronous request abandoned while in flight; aborting");
-            std::process::abort();
-        }
+impl Slot<'_> {
+    fn take(&self) -> IoResult {
+        assert!(
+            self.done.load(Ordering::Acquire),
+            "result taken before done"
+        );
+        // SAFETY: `done` is set (Acquire pairs with `fill`'s Release), so the
+        // one writer has finished, and nobody writes again: the completion ran.
+        unsafe { &mut *self.result.get() }
+            .take()
+            .expect("completion stored before done was set")
     }
 }
 
-/// Where the completion leaves the result for the waiter.
-#[derive(Default)]
-struct Slot {
-    done: AtomicBool,
-    result: Mutex<Option<IoResult>>,
+/// The completion's pointer to the waiter's [`Slot`].
+struct SlotPtr(*const Slot<'static>);
+
+// SAFETY: the slot's fields are written once through `fill` (the `UnsafeCell`
+// before the Release store of `done`) and read by the waiter only after an
+// Acquire load of `done`; that may be on another thread.
+unsafe impl Send for SlotPtr {}
+
+impl SlotPtr {
+    /// Stores the result and wakes the waiter's condition. Consumes the pointer:
+    /// a completion runs once.
+    fn fill(self, result: IoResult) {
+        // SAFETY: the slot outlives the request: `run_sync` returns only after
+        // `done` is set, the last access here, and it aborts the process rather
+        // than unwind while the request is in flight (`InFlightGuard`).
+        let slot = unsafe { &*self.0 };
+        // SAFETY: only this call writes `result`, and the waiter reads it only
+        // after the Release store of `done` below.
+        unsafe { *slot.result.get() = Some(result) };
+        slot.in_flight.fetch_sub(1, Ordering::AcqRel);
+        slot.done.store(true, Ordering::Release);
+    }
 }
 
-thread_local! {
-    /// This thread's slot for its next synchronous request: reused, so a
-    /// request allocates no slot (flash writes come thousands at a time). A
-    /// nested synchronous request (from a callback run by the outer one's
-    /// poll) finds it taken and allocates its own.
-    static SPARE_SLOT: Cell<Option<Arc<Slot>>> = const { Cell::new(None) };
-}
+/// Aborts the process if a synchronous wait unwinds while its request still runs:
+/// the kernel or a worker could otherwise write into a freed stack buffer (and the
+/// completion into the freed slot).
+struct InFlightGuard<'a>(&'a AtomicBool);
 
-fn take_slot() -> Arc<Slot> {
-    SPARE_SLOT.take().unwrap_or_default()
-}
-
-/// Keeps `slot` for the next request. The completion has always dropped its
-/// clone by now (completions run only under the context lock, which the
-/// waiter holds throughout, so on the waiter's own thread, and the callback's
-/// box is consumed as it runs); `Arc::get_mut` checks that rather than
-/// assuming it.
-fn give_back(mut slot: Arc<Slot>) {
-    if let Some(only_ours) = Arc::get_mut(&mut slot) {
-        *only_ours.done.get_mut() = false;
-        SPARE_SLOT.set(Some(slot));
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if !self.0.load(Ordering::Acquire) {
+            eprintln!("block: synchronous request abandoned while in flight; aborting");
+            std::process::abort();
+        }
     }
 }
 
@@ -64,21 +87,23 @@ impl BlockBackend {
     fn run_sync(&self, req: Request) -> IoResult {
         let ctx = self.context();
         let _lock = ctx.acquire();
-        let slot = take_slot();
-        let writer = Arc::clone(&slot);
-        let done = self.counted(move |result| {
-            *writer.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
-            writer.done.store(true, Ordering::Release);
-        });
+        let slot = Slot {
+            in_flight: self.in_flight_count(),
+            done: AtomicBool::new(false),
+            result: UnsafeCell::new(None),
+        };
+        // Counted in flight as `counted` does, without its `Arc` of the count:
+        // the slot points at it.
+        self.in_flight_count().fetch_add(1, Ordering::AcqRel);
+        let target = SlotPtr(std::ptr::from_ref(&slot).cast::<Slot<'static>>());
+        let done = Completion::new(move |result| target.fill(result));
+        let guard = InFlightGuard(&slot.done);
         // We wait for this request right away: no batching for it (and aio=threads
         // runs it on this thread, see `engine::threads`).
         crate::engine::submit_at_once(|| self.submit(req, done));
-        let guard = InFlightGuard(&slot);
         ctx.poll_while(|| !slot.done.load(Ordering::Acquire));
         drop(guard);
-        let result = slot.result.lock().unwrap_or_else(|p| p.into_inner()).take();
-        give_back(slot);
-        result.expect("completion stored before done was set")
+        slot.take()
     }
 
     /// Reads `buf.len()` bytes at `offset`.

@@ -168,14 +168,13 @@ pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
     let only = if batch.is_empty() {
         // Nothing new; the loop below still runs what outer batches left.
         None
+    } else if batch.len() == 1 && shared.open_slices.load(Ordering::Relaxed) == 0 {
+        batch.pop_front()
     } else {
         let mut slices = lock_slices(shared);
-        if batch.len() == 1 && slices.is_empty() {
-            batch.pop_front()
-        } else {
-            slices.push_back(std::mem::take(&mut batch));
-            None
-        }
+        slices.push_back(std::mem::take(&mut batch));
+        shared.open_slices.store(slices.len(), Ordering::Relaxed);
+        None
     };
     recycle(batch);
     let mut progress = false;
@@ -188,7 +187,11 @@ pub(crate) fn dispatch_queue(shared: &Shared) -> bool {
         // slices unless it unwound, its panic caught inside the callback).
         progress = run_one(shared, &bh);
     }
-    while let Some(bh) = next_from_slices(shared) {
+    // The count saves the common lone BH two rounds of the slices' mutex.
+    while shared.open_slices.load(Ordering::Relaxed) > 0 {
+        let Some(bh) = next_from_slices(shared) else {
+            break;
+        };
         progress |= run_one(shared, &bh);
     }
     progress
@@ -206,6 +209,7 @@ fn next_from_slices(shared: &Shared) -> Option<Arc<BhInner>> {
             return Some(bh);
         }
         if let Some(empty) = slices.pop_front() {
+            shared.open_slices.store(slices.len(), Ordering::Relaxed);
             recycle(empty);
         }
     }

@@ -80,6 +80,11 @@ pub(crate) struct Shared {
     /// neither in `bh_queue` nor runnable until the callback returns). Lock
     /// holder pops; pollers peek while preparing.
     pub(crate) bh_slices: Mutex<VecDeque<VecDeque<Arc<BhInner>>>>,
+    /// `bh_slices.len()`, for the lock holder's dispatch to skip the mutex when
+    /// no batch is open (the common case). Written with both the context lock and
+    /// `bh_slices` held, read only by a context-lock holder: the lock orders it,
+    /// so relaxed access sees the last holder's value.
+    pub(crate) open_slices: AtomicUsize,
     /// BH names by id, for the trace dump.
     bh_names: Mutex<Vec<&'static str>>,
     /// The timer list; `timerfd` is programmed to its earliest deadline.
@@ -310,6 +315,7 @@ impl AioContext {
             notifier,
             bh_queue: Mutex::new(VecDeque::new()),
             bh_slices: Mutex::new(VecDeque::new()),
+            open_slices: AtomicUsize::new(0),
             bh_names: Mutex::new(Vec::new()),
             timers: Mutex::new(TimerList {
                 timers: Vec::new(),
@@ -437,12 +443,22 @@ impl AioContext {
     /// ready. `streak` (passes in a row) goes to the trace. Lock held.
     pub(crate) fn dispatch_bhs_only(&self, who: Poller, streak: u32) -> bool {
         self.shared.trace.record(Ev::BhOnlyPass, i64::from(streak));
-        self.dispatch(&[], who)
+        // No `PollExit` record: this pass did not wait, so its time tells a hang
+        // diagnosis nothing, and the clock read is most of a timed record's cost
+        // (one such pass runs for every synchronous block request).
+        self.dispatch_untraced(&[], who)
     }
 
     /// The second half (lock held): clear the notifier if it fired, run fd
     /// handlers, then every pending BH, then expired timers.
     pub(crate) fn dispatch(&self, events: &[EpollEvent], who: Poller) -> bool {
+        let progress = self.dispatch_untraced(events, who);
+        self.shared.trace.record(Ev::PollExit, progress as i64);
+        progress
+    }
+
+    /// [`Self::dispatch`] without its closing trace record.
+    fn dispatch_untraced(&self, events: &[EpollEvent], who: Poller) -> bool {
         let shared = &*self.shared;
         // Only the lock holder writes the generation: no locked read-modify-write.
         let gen = self.dispatch_gen.load(Ordering::Relaxed);
@@ -481,7 +497,6 @@ impl AioContext {
         if timers_due {
             progress |= timer::run_expired(shared);
         }
-        shared.trace.record(Ev::PollExit, progress as i64);
         progress
     }
 
