@@ -12,9 +12,10 @@
 //!    same context, as in a VM, and without one) against plain pwrite(2) on the same
 //!    file, in steady state (backend and file opened once per case). Target: <= 1.3x.
 //!
-//! Run: `cargo bench -p block --bench iops` (about 3 minutes). `BENCH_SECS` changes
+//! Run: `cargo bench -p block --bench iops` (about 4 minutes). `BENCH_SECS` changes
 //! the measuring time per case and side (default 1.0), `BENCH_ROUNDS` the
-//! interleaved rounds per case whose best is kept on each side (default 3);
+//! interleaved rounds per case whose best is kept on each side (default 5: with
+//! 3, the paired median of a row moved by 0.1-0.2x between runs of one build);
 //! `BENCH_CASE=text` runs only the rows whose label contains `text`;
 //! `BENCH_POLL_MAX_US` caps the iothread's busy poll (`AioContext::set_poll_max`;
 //! 0 turns it off); `BENCH_THREAD_CPU=1` prints the CPU time of the iothread and
@@ -113,12 +114,12 @@ impl Pump {
     }
 }
 
-/// Interleaved rounds per IOPS case (`BENCH_ROUNDS`, default 3).
+/// Interleaved rounds per IOPS case (`BENCH_ROUNDS`, default 5).
 fn rounds() -> usize {
     std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(3)
+        .unwrap_or(5)
         .max(1)
 }
 
