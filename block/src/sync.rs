@@ -45,26 +45,55 @@ impl Slot<'_> {
 }
 
 /// The completion's pointer to the waiter's [`Slot`].
-struct SlotPtr(*const Slot<'static>);
+///
+/// Completions run only under the context lock (the pool's workers deliver
+/// their own only when they can take it, the io_uring reap is an fd handler,
+/// refused requests go through the pool's BH), and the waiter holds that lock
+/// for the whole wait: so `fill` runs on the waiter's own thread, inside its
+/// nested poll, and the slot cannot be freed under it. Debug builds check it.
+struct SlotPtr {
+    slot: *const Slot<'static>,
+    #[cfg(debug_assertions)]
+    waiter: std::thread::ThreadId,
+}
 
-// SAFETY: the slot's fields are written once through `fill` (the `UnsafeCell`
-// before the Release store of `done`) and read by the waiter only after an
-// Acquire load of `done`; that may be on another thread.
+// SAFETY: the pointer is only dereferenced by `fill`, which (see above) runs on
+// the waiter's thread while the slot lives; `Send` is needed only because
+// completions are `Send` boxes in general.
 unsafe impl Send for SlotPtr {}
 
 impl SlotPtr {
     /// Stores the result and wakes the waiter's condition. Consumes the pointer:
     /// a completion runs once.
     fn fill(self, result: IoResult) {
+        #[cfg(debug_assertions)]
+        debug_assert_eq!(
+            std::thread::current().id(),
+            self.waiter,
+            "a synchronous request completed off its waiter's thread"
+        );
         // SAFETY: the slot outlives the request: `run_sync` returns only after
         // `done` is set, the last access here, and it aborts the process rather
         // than unwind while the request is in flight (`InFlightGuard`).
-        let slot = unsafe { &*self.0 };
+        let slot = unsafe { &*self.slot };
+        // The pointer's job ends here: no abort on drop (see `Drop`).
+        std::mem::forget(self);
         // SAFETY: only this call writes `result`, and the waiter reads it only
         // after the Release store of `done` below.
         unsafe { *slot.result.get() = Some(result) };
         slot.in_flight.fetch_sub(1, Ordering::AcqRel);
         slot.done.store(true, Ordering::Release);
+    }
+}
+
+impl Drop for SlotPtr {
+    /// A completion dropped without running would leave its waiter polling
+    /// forever: fail loudly instead (no engine does that; this names the bug).
+    fn drop(&mut self) {
+        eprintln!(
+            "block: a synchronous request's completion was dropped without running; aborting"
+        );
+        std::process::abort();
     }
 }
 
@@ -95,7 +124,11 @@ impl BlockBackend {
         // Counted in flight as `counted` does, without its `Arc` of the count:
         // the slot points at it.
         self.in_flight_count().fetch_add(1, Ordering::AcqRel);
-        let target = SlotPtr(std::ptr::from_ref(&slot).cast::<Slot<'static>>());
+        let target = SlotPtr {
+            slot: std::ptr::from_ref(&slot).cast::<Slot<'static>>(),
+            #[cfg(debug_assertions)]
+            waiter: std::thread::current().id(),
+        };
         let done = Completion::new(move |result| target.fill(result));
         let guard = InFlightGuard(&slot.done);
         // We wait for this request right away: no batching for it (and aio=threads

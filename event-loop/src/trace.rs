@@ -54,6 +54,9 @@ pub(crate) enum Ev {
     /// whose readiness check said yes, or minus the number of fds the kernel
     /// reported ready.
     BusyPollHit,
+    /// A blocking wait ended with EINTR (io_uring task work, a signal) and was
+    /// asked again without waiting; arg = the events that found.
+    WaitInterrupted,
 }
 
 impl Ev {
@@ -81,6 +84,7 @@ impl Ev {
             TimerFire,
             BhOnlyPass,
             BusyPollHit,
+            WaitInterrupted,
         ]
         .into_iter()
         .find(|e| *e as u8 == v)
