@@ -1,6 +1,6 @@
 //! End-to-end: a Linux guest boots in hangar (through AAVMF, from a virtio-scsi
-//! disk) and uses its disks through Linux's own virtio-mmio and virtio-scsi
-//! drivers.
+//! disk, or directly with `--kernel`) and uses its disks through Linux's own
+//! virtio-mmio and virtio-scsi drivers.
 
 use std::time::Duration;
 
@@ -71,4 +71,27 @@ fn linux_writes_efi_variables_while_its_disk_is_busy_without_a_hang() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no io_loops_min\n{}", verdict.explain()));
     assert!(min_loops >= 2, "{}", verdict.explain());
+}
+
+/// `--kernel --initrd --cmdline`: the same guest without firmware.
+#[test]
+fn linux_boots_directly_without_firmware_and_uses_its_disks() {
+    let verdict = bench::expect_pass("linux-direct", Duration::from_secs(900));
+    assert_values(
+        &verdict,
+        &[
+            ("exit_status", "0"),
+            ("firmware_ran", "no"),
+            ("guest_cpus", "2"),
+            ("guest_disks", "sda sdb"),
+            ("guest_boot_ro", "1"),
+            ("guest_data_ro", "0"),
+            ("readonly_write", "refused"),
+            ("hangar_errors", "0"),
+            ("data_in_file", "yes"),
+            ("bad_kernel_status", "1"),
+            // One line naming the option, the file and what is wrong.
+            ("bad_kernel_named", "1"),
+        ],
+    );
 }

@@ -22,7 +22,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Boot UEFI firmware in a new VM.
+    /// Boot UEFI firmware (or, with --kernel, a Linux kernel) in a new VM.
     ///
     /// The firmware's code goes in flash bank 0 (read-only), its variable store
     /// in flash bank 1; variables the firmware writes land in the --vars file and
@@ -33,6 +33,7 @@ pub enum Command {
     ///   hangar run                                 # AAVMF from /usr/share/qemu/firmware
     ///   hangar run --cpus 2 --memory 1G --vars my-vars.fd
     ///   hangar run --firmware CODE.fd --vars VARS.fd --serial file:console.log
+    ///   hangar run --kernel Image --initrd initrd.img --cmdline "console=ttyAMA0 root=/dev/sda"
     ///
     /// On the console (stdio on a terminal), Ctrl-A x quits and Ctrl-A Ctrl-A
     /// sends a literal Ctrl-A.
@@ -107,6 +108,20 @@ pub struct RunArgs {
     /// crowded host, costs latency). At most 10000.
     #[arg(long, default_value_t = 32, value_name = "MICROSECONDS")]
     pub iothread_poll_max_us: u32,
+
+    /// Boot this Linux kernel directly, without firmware: an uncompressed arm64
+    /// `Image` (a gzip-compressed vmlinuz must be unpacked first). There is no
+    /// flash and no variable store then; --firmware and --vars do not apply.
+    #[arg(long, value_name = "IMAGE", conflicts_with_all = ["vars", "firmware"])]
+    pub kernel: Option<PathBuf>,
+
+    /// The initramfs for --kernel (loaded into RAM and named in the device tree).
+    #[arg(long, value_name = "FILE", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+
+    /// The kernel command line for --kernel. Default: console=ttyAMA0.
+    #[arg(long, value_name = "ARGS", requires = "kernel")]
+    pub cmdline: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -175,5 +190,36 @@ mod tests {
     fn unknown_option_is_an_error_naming_it() {
         let err = Cli::try_parse_from(["hangar", "run", "--cpu", "2"]).unwrap_err();
         assert!(err.to_string().contains("--cpu"), "{err}");
+    }
+
+    #[test]
+    fn kernel_options_go_together_and_exclude_the_firmware_ones() {
+        let run = |args: &[&str]| {
+            let mut argv = vec!["hangar", "run"];
+            argv.extend_from_slice(args);
+            Cli::try_parse_from(argv)
+        };
+        let cli = run(&["--kernel", "Image", "--initrd", "i", "--cmdline", "quiet"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(args.kernel, Some(PathBuf::from("Image")));
+        assert_eq!(args.initrd, Some(PathBuf::from("i")));
+        assert_eq!(args.cmdline.as_deref(), Some("quiet"));
+        // The firmware's default does not count as giving it.
+        assert_eq!(args.firmware, FirmwareChoice::Auto);
+
+        for (args, named) in [
+            (&["--initrd", "i"][..], "--initrd"),
+            (&["--cmdline", "quiet"][..], "--cmdline"),
+            (&["--kernel", "Image", "--vars", "v.fd"][..], "--vars"),
+            (
+                &["--kernel", "Image", "--firmware", "c.fd"][..],
+                "--firmware",
+            ),
+        ] {
+            let err = run(args).unwrap_err().to_string();
+            assert!(err.contains(named), "{args:?}: {err}");
+        }
     }
 }

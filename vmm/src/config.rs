@@ -10,6 +10,7 @@ use devices::console::ConsoleSpec;
 use firmware::{CodeImage, DescriptorSearch, FirmwareError, Selection, VarStore, VarsLocation};
 
 use crate::arch::aarch64::layout;
+use crate::direct_kernel::{CheckedKernel, DirectKernel};
 
 /// `--firmware auto|PATH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +47,15 @@ pub struct RunConfig {
     pub disks: Vec<DiskSpec>,
     /// The cap of the iothread's busy poll (`--iothread-poll-max-us`).
     pub iothread_poll_max_us: u32,
+    /// `--kernel` (with `--initrd`, `--cmdline`): Linux without firmware.
+    pub kernel: Option<DirectKernel>,
+}
+
+/// What the boot vCPU starts: firmware from flash, or a kernel in RAM.
+#[derive(Debug, Clone)]
+pub enum BootSource {
+    Firmware(ResolvedFirmware),
+    Kernel(CheckedKernel),
 }
 
 /// Firmware files that passed every check.
@@ -67,6 +77,8 @@ pub enum ConfigError {
     BadPollMax(u32),
     #[error(transparent)]
     Firmware(#[from] FirmwareError),
+    #[error(transparent)]
+    Kernel(#[from] crate::direct_kernel::KernelError),
 }
 
 /// Parses `512M`, `2G`, `1024K` or a plain byte count.
@@ -102,6 +114,15 @@ impl RunConfig {
             });
         }
         Ok(())
+    }
+
+    /// Checks what the boot vCPU will start: the kernel files for a direct
+    /// boot, else the firmware and the variable store (see `resolve_firmware`).
+    pub fn resolve_boot(&self, search: &DescriptorSearch) -> Result<BootSource, ConfigError> {
+        match &self.kernel {
+            Some(kernel) => Ok(BootSource::Kernel(kernel.check(self.memory)?)),
+            None => Ok(BootSource::Firmware(self.resolve_firmware(search)?)),
+        }
     }
 
     /// Finds and checks the firmware and the variable store, creating the store
@@ -165,6 +186,7 @@ mod tests {
             serial: ConsoleSpec::Stdio,
             disks: vec![],
             iothread_poll_max_us: 32,
+            kernel: None,
         }
     }
 

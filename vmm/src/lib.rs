@@ -12,6 +12,7 @@ pub mod arch;
 pub mod bus;
 pub mod cli;
 pub mod config;
+pub mod direct_kernel;
 #[cfg(target_arch = "aarch64")]
 pub mod machine;
 pub mod run;

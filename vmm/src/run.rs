@@ -7,7 +7,8 @@ use firmware::DescriptorSearch;
 use std::time::Duration;
 
 use crate::cli::{BootloopArgs, RunArgs};
-use crate::config::{parse_size, ConfigError, RunConfig};
+use crate::config::{parse_size, BootSource, ConfigError, RunConfig};
+use crate::direct_kernel::{DirectKernel, DEFAULT_CMDLINE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -53,6 +54,14 @@ pub fn config_from_args(args: &RunArgs) -> Result<RunConfig, RunError> {
         serial,
         disks,
         iothread_poll_max_us: args.iothread_poll_max_us,
+        kernel: args.kernel.as_ref().map(|kernel| DirectKernel {
+            kernel: kernel.clone(),
+            initrd: args.initrd.clone(),
+            cmdline: args
+                .cmdline
+                .clone()
+                .unwrap_or_else(|| DEFAULT_CMDLINE.to_string()),
+        }),
     };
     cfg.check_shape(&args.memory)?;
     Ok(cfg)
@@ -61,11 +70,13 @@ pub fn config_from_args(args: &RunArgs) -> Result<RunConfig, RunError> {
 /// Runs the VM to its end; returns the process exit status.
 pub fn run(args: &RunArgs) -> Result<u8, RunError> {
     let cfg = config_from_args(args)?;
-    let fw = cfg.resolve_firmware(&DescriptorSearch::system())?;
-    if fw.vars.created {
-        eprintln!("hangar: created variable store {}", fw.vars.path.display());
+    let boot = cfg.resolve_boot(&DescriptorSearch::system())?;
+    if let BootSource::Firmware(fw) = &boot {
+        if fw.vars.created {
+            eprintln!("hangar: created variable store {}", fw.vars.path.display());
+        }
     }
-    start(cfg, fw, None)
+    start(cfg, boot, None)
 }
 
 /// The boot-loop reproducer; exit status 0 (all boots reset), 2 (hang).
@@ -76,10 +87,10 @@ pub fn bootloop(args: &BootloopArgs) -> Result<u8, RunError> {
         ));
     }
     let cfg = config_from_args(&args.run)?;
-    let fw = cfg.resolve_firmware(&DescriptorSearch::system())?;
+    let boot = cfg.resolve_boot(&DescriptorSearch::system())?;
     start(
         cfg,
-        fw,
+        boot,
         Some((args.boots, Duration::from_secs(args.boot_timeout))),
     )
 }
@@ -87,11 +98,11 @@ pub fn bootloop(args: &BootloopArgs) -> Result<u8, RunError> {
 #[cfg(target_arch = "aarch64")]
 fn start(
     cfg: RunConfig,
-    fw: crate::config::ResolvedFirmware,
+    boot: BootSource,
     boot_loop: Option<(u32, Duration)>,
 ) -> Result<u8, RunError> {
     use crate::machine::{BootLoop, Exit, Machine};
-    let mut machine = Machine::new(cfg, fw)?;
+    let mut machine = Machine::new(cfg, boot)?;
     if let Some((boots, boot_timeout)) = boot_loop {
         machine.set_boot_loop(BootLoop {
             boots,
@@ -124,7 +135,7 @@ fn start(
 #[cfg(not(target_arch = "aarch64"))]
 fn start(
     _cfg: RunConfig,
-    _fw: crate::config::ResolvedFirmware,
+    _boot: BootSource,
     _boot_loop: Option<(u32, Duration)>,
 ) -> Result<u8, RunError> {
     Err(RunError::WrongHost(std::env::consts::ARCH))

@@ -3,7 +3,8 @@
 //! holding `startup.nsh`, a second data disk, the boot-loop payload's disk, a
 //! disk whose `\\EFI\\BOOT\\BOOTAA64.EFI` is the test UEFI application, and
 //! one that boots the inner Linux guest (kernel, initramfs and the
-//! `startup.nsh` that starts the kernel's EFI stub).
+//! `startup.nsh` that starts the kernel's EFI stub); and that kernel and
+//! initramfs as plain files, for a direct kernel boot.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -54,6 +55,9 @@ pub fn build(work: &Path, kit: &GuestKit) -> Result<Vec<(String, PathBuf)>, Benc
     let linux = linux_boot_disk(work, kit, &payloads)?;
     Ok(vec![
         ("linux.img".into(), linux),
+        // The same kernel and initramfs as files, for `--kernel` (linux-direct).
+        ("linux-Image".into(), kit.kernel.clone()),
+        ("linux-initrd.cpio".into(), work.join("linux-initrd.cpio")),
         ("efiapp.img".into(), efiapp),
         ("esp.img".into(), esp),
         ("data.img".into(), data),

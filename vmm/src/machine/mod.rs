@@ -5,7 +5,7 @@
 //! `Machine`; the KVM VM, its guest memory, the GIC and the vCPU threads live for
 //! one boot. A PSCI SYSTEM_RESET ends a boot and starts the next one in the same
 //! process (devices reset, flash back in read-array mode, device tree copied
-//! again); SYSTEM_OFF, the console's quit sequence, SIGTERM or SIGINT end the
+//! again; a direct kernel boot loads kernel and initramfs again); SYSTEM_OFF, the console's quit sequence, SIGTERM or SIGINT end the
 //! machine after in-flight writes completed and the variable store is flushed.
 
 mod console;
@@ -28,9 +28,11 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Cap, Kvm};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::arch::aarch64::direct_boot::BootPlan;
 use crate::arch::aarch64::{fdt, gic::Gic, layout, vcpu as arch_vcpu};
 use crate::bus::MmioBus;
-use crate::config::{ResolvedFirmware, RunConfig};
+use crate::config::{BootSource, ResolvedFirmware, RunConfig};
+use crate::direct_kernel::{CheckedKernel, KernelError};
 use crate::vcpu::{install_kick_handler, VcpuHandle, VmEvent};
 use flash::BlockFlashStorage;
 use vm_slot::{FlashSlot, KvmIrqLine, VmSlot};
@@ -108,6 +110,20 @@ pub enum MachineError {
     Bus(#[from] crate::bus::OverlapError),
     #[error(transparent)]
     Scsi(#[from] scsi::ScsiError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("loading kernel {path}")]
+    LoadKernel {
+        path: std::path::PathBuf,
+        #[source]
+        source: linux_loader::loader::Error,
+    },
+    #[error("loading initramfs {path}")]
+    LoadInitrd {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The first SIGTERM/SIGINT received (0 = none).
@@ -118,47 +134,29 @@ extern "C" fn handle_terminate(sig: libc::c_int, _: *mut libc::siginfo_t, _: *mu
     let _ = TERMINATE.compare_exchange(0, sig, Ordering::SeqCst, Ordering::SeqCst);
 }
 
-pub struct Machine {
-    cfg: RunConfig,
-    kvm: Kvm,
-    iothread: Option<IoThread>,
-    vm: VmSlot,
+/// A firmware boot's two CFI flash banks and the variable store behind bank 1.
+struct FlashBanks {
     flash0: Arc<Mutex<Pflash>>,
     flash0_slot: Arc<FlashSlot>,
     flash1: Arc<Mutex<Pflash>>,
     flash1_slot: Arc<FlashSlot>,
     vars: Arc<BlockBackend>,
-    uart: Arc<Mutex<Pl011>>,
-    rtc: Arc<Mutex<Pl031>>,
-    scsi: Option<scsi::ScsiController>,
-    /// Guest RAM lives as long as the machine: devices doing DMA keep a handle,
-    /// and a reboot in place keeps its contents (as real hardware would).
-    mem: GuestMemoryMmap,
-    events_tx: Sender<VmEvent>,
-    events_rx: Receiver<VmEvent>,
-    /// Keeps the terminal in raw mode while the machine lives.
-    _console: Console,
-    pub boots: u32,
-    /// How long each boot took, in order.
-    pub boot_times: Vec<Duration>,
-    boot_loop: Option<BootLoop>,
 }
 
-impl Machine {
-    /// Builds devices and the iothread; no VM exists yet.
-    pub fn new(cfg: RunConfig, fw: ResolvedFirmware) -> Result<Machine, MachineError> {
-        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
-        let ctx = AioContext::new().map_err(MachineError::IoThread)?;
-        ctx.set_poll_max(Duration::from_micros(cfg.iothread_poll_max_us.into()));
-        let iothread =
-            IoThread::spawn("iothread", Arc::clone(&ctx)).map_err(MachineError::IoThread)?;
-        let vm = VmSlot::default();
-
+impl FlashBanks {
+    /// Bank 0 holds the firmware's code (read-only), bank 1 the variable
+    /// store, whose writes reach the --vars file through the block layer on
+    /// `ctx`.
+    fn new(
+        fw: &ResolvedFirmware,
+        ctx: &Arc<AioContext>,
+        vm: &VmSlot,
+    ) -> Result<FlashBanks, MachineError> {
         let code = fw.code.read()?;
         let mut flash0 = Pflash::new("flash0", &code, BankAccess::ReadOnly)
             .map_err(|e| MachineError::Flash("0 (code)", e))?;
         let vars = Arc::new(
-            BlockBackend::open(&fw.vars.path, &BlockOptions::default(), Arc::clone(&ctx)).map_err(
+            BlockBackend::open(&fw.vars.path, &BlockOptions::default(), Arc::clone(ctx)).map_err(
                 |source| MachineError::OpenVars {
                     path: fw.vars.path.clone(),
                     source,
@@ -191,6 +189,56 @@ impl Machine {
         });
         flash0.set_romd_control(flash0_slot.clone());
         flash1.set_romd_control(flash1_slot.clone());
+
+        Ok(FlashBanks {
+            flash0: Arc::new(Mutex::new(flash0)),
+            flash0_slot,
+            flash1: Arc::new(Mutex::new(flash1)),
+            flash1_slot,
+            vars,
+        })
+    }
+}
+
+pub struct Machine {
+    cfg: RunConfig,
+    kvm: Kvm,
+    iothread: Option<IoThread>,
+    vm: VmSlot,
+    /// None for a direct kernel boot, which has no firmware.
+    flash: Option<FlashBanks>,
+    /// The kernel loaded at every boot (a direct kernel boot).
+    kernel: Option<CheckedKernel>,
+    uart: Arc<Mutex<Pl011>>,
+    rtc: Arc<Mutex<Pl031>>,
+    scsi: Option<scsi::ScsiController>,
+    /// Guest RAM lives as long as the machine: devices doing DMA keep a handle,
+    /// and a reboot in place keeps its contents (as real hardware would).
+    mem: GuestMemoryMmap,
+    events_tx: Sender<VmEvent>,
+    events_rx: Receiver<VmEvent>,
+    /// Keeps the terminal in raw mode while the machine lives.
+    _console: Console,
+    pub boots: u32,
+    /// How long each boot took, in order.
+    pub boot_times: Vec<Duration>,
+    boot_loop: Option<BootLoop>,
+}
+
+impl Machine {
+    /// Builds devices and the iothread; no VM exists yet.
+    pub fn new(cfg: RunConfig, boot: BootSource) -> Result<Machine, MachineError> {
+        let kvm = Kvm::new().map_err(MachineError::OpenKvm)?;
+        let ctx = AioContext::new().map_err(MachineError::IoThread)?;
+        ctx.set_poll_max(Duration::from_micros(cfg.iothread_poll_max_us.into()));
+        let iothread =
+            IoThread::spawn("iothread", Arc::clone(&ctx)).map_err(MachineError::IoThread)?;
+        let vm = VmSlot::default();
+
+        let (flash, kernel) = match boot {
+            BootSource::Firmware(fw) => (Some(FlashBanks::new(&fw, &ctx, &vm)?), None),
+            BootSource::Kernel(kernel) => (None, Some(kernel)),
+        };
 
         let mut console = Console::open(&cfg.serial)?;
         let output = console
@@ -225,11 +273,8 @@ impl Machine {
             kvm,
             iothread: Some(iothread),
             vm,
-            flash0: Arc::new(Mutex::new(flash0)),
-            flash0_slot,
-            flash1: Arc::new(Mutex::new(flash1)),
-            flash1_slot,
-            vars,
+            flash,
+            kernel,
             uart,
             rtc: Arc::new(Mutex::new(Pl031::new())),
             scsi,
@@ -296,18 +341,21 @@ impl Machine {
 
     /// In-flight writes complete, then fdatasync: the store is durable.
     fn flush_vars(&self) {
-        self.vars.drain();
-        if let Err(e) = self.vars.flush() {
+        let Some(flash) = &self.flash else { return };
+        flash.vars.drain();
+        if let Err(e) = flash.vars.flush() {
             log::error!(
                 "flushing variable store {}: {e}",
-                self.vars.path().display()
+                flash.vars.path().display()
             );
         }
     }
 
     fn reset_devices(&self) {
-        lock(&self.flash0).reset();
-        lock(&self.flash1).reset();
+        if let Some(flash) = &self.flash {
+            lock(&flash.flash0).reset();
+            lock(&flash.flash1).reset();
+        }
         lock(&self.uart).reset();
         if let Some(scsi) = &self.scsi {
             scsi.reset();
@@ -352,18 +400,33 @@ impl Machine {
         mem: &GuestMemoryMmap,
         cpus: u64,
     ) -> Result<VmEvent, MachineError> {
-        let romd0 = lock(&self.flash0).romd();
-        let romd1 = lock(&self.flash1).romd();
-        self.flash0_slot
-            .map(romd0)
-            .map_err(|e| MachineError::MemorySlot(SLOT_FLASH0, e))?;
-        self.flash1_slot
-            .map(romd1)
-            .map_err(|e| MachineError::MemorySlot(SLOT_FLASH1, e))?;
-
-        let entry = arch_vcpu::BootEntry {
-            pc: layout::FLASH0_BASE,
-            x0: layout::RAM_BASE,
+        if let Some(flash) = &self.flash {
+            let romd0 = lock(&flash.flash0).romd();
+            let romd1 = lock(&flash.flash1).romd();
+            flash
+                .flash0_slot
+                .map(romd0)
+                .map_err(|e| MachineError::MemorySlot(SLOT_FLASH0, e))?;
+            flash
+                .flash1_slot
+                .map(romd1)
+                .map_err(|e| MachineError::MemorySlot(SLOT_FLASH1, e))?;
+        }
+        // The firmware starts at the base of flash and finds the device tree
+        // at the base of RAM; a kernel is given the tree's address in x0.
+        let plan = match &self.kernel {
+            Some(kernel) => Some(load_kernel(kernel, mem, self.cfg.memory)?),
+            None => None,
+        };
+        let entry = match &plan {
+            Some(plan) => arch_vcpu::BootEntry {
+                pc: plan.kernel_entry,
+                x0: plan.fdt,
+            },
+            None => arch_vcpu::BootEntry {
+                pc: layout::FLASH0_BASE,
+                x0: layout::RAM_BASE,
+            },
         };
         let mut vcpus = Vec::new();
         for index in 0..cpus {
@@ -384,9 +447,11 @@ impl Machine {
             ram_size: self.cfg.memory,
             gic: gic.version,
             virtio_mmio: u32::from(self.scsi.is_some()),
-            bootargs: None,
+            flash: self.flash.is_some(),
+            bootargs: self.kernel.as_ref().map(|k| k.spec.cmdline.clone()),
+            initrd: plan.and_then(|plan| plan.initrd),
         })?;
-        mem.write_slice(&blob, GuestAddress(layout::RAM_BASE))
+        mem.write_slice(&blob, GuestAddress(entry.x0))
             .map_err(MachineError::WriteFdt)?;
 
         let bus = Arc::new(self.build_bus()?);
@@ -460,10 +525,12 @@ impl Machine {
         for vcpu in vcpus {
             eprintln!("  vcpu{}: {}", vcpu.index, vcpu.status.describe());
         }
-        eprintln!(
-            "  variable store: {} request(s) in flight",
-            self.vars.in_flight()
-        );
+        if let Some(flash) = &self.flash {
+            eprintln!(
+                "  variable store: {} request(s) in flight",
+                flash.vars.in_flight()
+            );
+        }
         if let Some(iothread) = &self.iothread {
             eprintln!("--- iothread context trace (newest last) ---");
             eprintln!("{}", iothread.context().trace_dump());
@@ -472,18 +539,20 @@ impl Machine {
 
     fn build_bus(&self) -> Result<MmioBus, MachineError> {
         let mut bus = MmioBus::new();
-        bus.insert(
-            "flash0",
-            layout::FLASH0_BASE,
-            layout::FLASH_BANK_SIZE,
-            self.flash0.clone(),
-        )?;
-        bus.insert(
-            "flash1",
-            layout::FLASH1_BASE,
-            layout::FLASH_BANK_SIZE,
-            self.flash1.clone(),
-        )?;
+        if let Some(flash) = &self.flash {
+            bus.insert(
+                "flash0",
+                layout::FLASH0_BASE,
+                layout::FLASH_BANK_SIZE,
+                flash.flash0.clone(),
+            )?;
+            bus.insert(
+                "flash1",
+                layout::FLASH1_BASE,
+                layout::FLASH_BANK_SIZE,
+                flash.flash1.clone(),
+            )?;
+        }
         bus.insert(
             "pl011",
             layout::UART_BASE,
@@ -514,6 +583,54 @@ impl Drop for Machine {
             iothread.stop();
         }
     }
+}
+
+/// Loads a direct boot's kernel and initramfs into guest RAM and returns where
+/// everything went. The files are checked again first: they may have changed
+/// since the last boot (a rebuilt kernel picked up at the guest's reboot).
+fn load_kernel(
+    kernel: &CheckedKernel,
+    mem: &GuestMemoryMmap,
+    ram_size: u64,
+) -> Result<BootPlan, MachineError> {
+    use linux_loader::loader::{pe::PE, KernelLoader};
+
+    let plan = kernel.spec.check(ram_size)?.plan;
+    let path = &kernel.spec.kernel;
+    let load_error = |source| MachineError::LoadKernel {
+        path: path.clone(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(|source| KernelError::OpenKernel {
+        path: path.clone(),
+        source,
+    })?;
+    let loaded =
+        PE::load(mem, Some(GuestAddress(plan.kernel_base)), &mut file, None).map_err(load_error)?;
+    if loaded.kernel_load.0 != plan.kernel_entry {
+        // Only a file changed between our check and the loader's read gets here.
+        return Err(load_error(linux_loader::loader::Error::Pe(
+            linux_loader::loader::pe::Error::InvalidImage,
+        )));
+    }
+    if let (Some((start, len)), Some(initrd)) = (plan.initrd, &kernel.spec.initrd) {
+        let load_error = |source| MachineError::LoadInitrd {
+            path: initrd.clone(),
+            source,
+        };
+        let mut file = std::fs::File::open(initrd).map_err(load_error)?;
+        let len = usize::try_from(len).map_err(|e| load_error(std::io::Error::other(e)))?;
+        mem.read_exact_volatile_from(GuestAddress(start), &mut file, len)
+            .map_err(|e| load_error(std::io::Error::other(e)))?;
+    }
+    log::info!(
+        "direct boot: kernel at {:#x}..{:#x}, initramfs {:x?}, device tree at {:#x}",
+        plan.kernel_entry,
+        plan.kernel_end,
+        plan.initrd,
+        plan.fdt
+    );
+    Ok(plan)
 }
 
 fn lock<T: ?Sized>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -23,7 +23,13 @@ pub struct FdtConfig {
     pub gic: GicVersion,
     /// Number of virtio-mmio transports in use (numbered from 0).
     pub virtio_mmio: u32,
+    /// Whether the two CFI flash banks exist (a firmware boot; a direct
+    /// kernel boot has none).
+    pub flash: bool,
+    /// The kernel command line (a direct kernel boot's).
     pub bootargs: Option<String>,
+    /// Start and length of the initramfs in guest memory (a direct kernel boot's).
+    pub initrd: Option<(u64, u64)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +53,9 @@ pub fn build(cfg: &FdtConfig) -> Result<Vec<u8>, FdtError> {
     timer(&mut fdt, cfg)?;
     gic(&mut fdt, cfg)?;
     apb_clock(&mut fdt)?;
-    flash(&mut fdt)?;
+    if cfg.flash {
+        flash(&mut fdt)?;
+    }
     uart(&mut fdt)?;
     rtc(&mut fdt)?;
     for n in (0..cfg.virtio_mmio).rev() {
@@ -72,6 +80,10 @@ fn chosen(fdt: &mut FdtWriter, cfg: &FdtConfig) -> Result<(), FdtError> {
     fdt.property_string("stdout-path", &format!("/pl011@{UART_BASE:x}"))?;
     if let Some(args) = &cfg.bootargs {
         fdt.property_string("bootargs", args)?;
+    }
+    if let Some((start, len)) = cfg.initrd {
+        fdt.property_u64("linux,initrd-start", start)?;
+        fdt.property_u64("linux,initrd-end", start + len)?;
     }
     Ok(fdt.end_node(n)?)
 }
@@ -255,7 +267,9 @@ mod tests {
             ram_size: 512 << 20,
             gic: GicVersion::V3,
             virtio_mmio: 1,
+            flash: true,
             bootargs: None,
+            initrd: None,
         }
     }
 
@@ -283,5 +297,30 @@ mod tests {
         ] {
             assert!(text.contains(needle), "missing {needle}");
         }
+    }
+
+    #[test]
+    fn a_direct_boot_tree_carries_cmdline_and_initrd_and_no_flash() {
+        let cfg = FdtConfig {
+            flash: false,
+            bootargs: Some("console=ttyAMA0 rdinit=/init".into()),
+            initrd: Some((0x5e00_0000, 0x28_0000)),
+            ..config()
+        };
+        let blob = build(&cfg).unwrap();
+        let text = String::from_utf8_lossy(&blob);
+        assert!(!text.contains("cfi-flash"), "a direct boot has no flash");
+        for needle in [
+            "bootargs",
+            "console=ttyAMA0 rdinit=/init",
+            "linux,initrd-start",
+            "linux,initrd-end",
+        ] {
+            assert!(text.contains(needle), "missing {needle}");
+        }
+        // Big-endian cells, as the kernel reads them.
+        let find = |v: u64| blob.windows(8).any(|w| w == v.to_be_bytes());
+        assert!(find(0x5e00_0000), "initrd start");
+        assert!(find(0x5e28_0000), "initrd end");
     }
 }

@@ -1,0 +1,49 @@
+#!/bin/sh
+# Linux booted directly, without firmware: `hangar run --kernel --initrd
+# --cmdline` loads the same Debian kernel Image and busybox initramfs as
+# linux-disk, places them and the device tree in RAM and starts the boot vCPU
+# at the kernel with the tree's address in x0. The guest (tests/payloads/
+# linux-init.sh) must come up on 2 vCPUs, find both virtio-scsi disks, see the
+# boot disk read-only, write a pattern through the data disk and power off
+# (exit 0); the pattern must then be in the data disk's file. No flash, no
+# variable store, no UEFI shell on the way.
+. /scenarios/lib.sh
+need_kvm
+out=/tmp/console.out
+dd if=/dev/zero of=/tmp/data.raw bs=1M count=16 2>/dev/null || fail "cannot make /tmp/data.raw"
+t0=$(now_ms)
+step start-hangar
+start_hangar "$out" -v run --cpus 2 --memory 512M \
+    --kernel /disks/linux-Image --initrd /disks/linux-initrd.cpio \
+    --cmdline "console=ttyAMA0 quiet panic=0 rdinit=/init" \
+    --disk path=/disks/linux.img,readonly=on --disk path=/tmp/data.raw
+step kernel-up
+wait_for "LINUX-GUEST: up" "$out" 400 || fail "no sign of the Linux guest; console: $(console_tail $out)"
+value to_linux_ms $(( $(now_ms) - t0 ))
+step guest-done
+wait_for "LINUX-GUEST: powering off" "$out" 300 || fail "guest did not finish; console: $(console_tail $out)"
+step power-off
+expect_clean_exit 120 "after the guest powered off" "$out"
+value exit_status "$HANGAR_STATUS"
+step check-guest
+linux_guest_report "$out"
+grep -q "direct boot: kernel at" "$clean" || fail "hangar did not log the direct boot's placement"
+value firmware_ran "$(grep -q 'HANGAR-NSH' "$clean" && echo yes || echo no)"
+value guest_cpus "$(guest 'up: ' | sed -n 's/.*, \([0-9]*\) cpus$/\1/p')"
+value guest_disks "$(guest 'disks: ')"
+value guest_boot_ro "$(guest 'boot ro=' | cut -d' ' -f1)"
+value guest_data_ro "$(guest 'boot ro=' | sed -n 's/.*data ro=//p')"
+value readonly_write "$(guest 'boot write ')"
+grep -q "LINUX-GUEST: data write-readback ok" "$clean" || fail "no write-readback on the data disk"
+step check-data-file
+yes hangar-linux-pattern | head -c 8192 > /tmp/pattern
+dd if=/tmp/data.raw bs=4096 skip=256 count=2 2>/dev/null > /tmp/on-disk
+cmp -s /tmp/pattern /tmp/on-disk || fail "the guest's write is not in /tmp/data.raw"
+value data_in_file yes
+step bad-kernel
+# A file that is not an Image: a one-line error naming it, status 1, no VM.
+hangar run --kernel /disks/linux-initrd.cpio > /tmp/bad.out 2>&1
+value bad_kernel_status $?
+cat /tmp/bad.out
+value bad_kernel_named "$(grep -c '^hangar: --kernel /disks/linux-initrd.cpio: not an arm64 Linux Image' /tmp/bad.out)"
+pass

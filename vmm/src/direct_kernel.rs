@@ -1,0 +1,202 @@
+//! `hangar run --kernel Image [--initrd FILE] [--cmdline ARGS]`: a Linux kernel
+//! booted without firmware, checked before any VM exists (the files readable,
+//! the kernel an arm64 `Image`, everything fitting in the guest's RAM), so a
+//! mistake is a one-line error naming the file. Host-independent and unit-tested
+//! everywhere; the machine loads the files at every boot.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use crate::arch::aarch64::direct_boot::{self, BootPlan, DirectBootError, ImageHeader};
+
+/// The command line when `--cmdline` is not given: the console on the PL011.
+pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0";
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectKernel {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+}
+
+/// A direct kernel boot that passed every check, with its memory plan.
+#[derive(Debug, Clone)]
+pub struct CheckedKernel {
+    pub spec: DirectKernel,
+    pub plan: BootPlan,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("--kernel {path}")]
+    OpenKernel {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--kernel {path}")]
+    BadImage {
+        path: PathBuf,
+        #[source]
+        source: DirectBootError,
+    },
+    #[error("--initrd {path}")]
+    OpenInitrd {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--initrd {0}: the file is empty")]
+    EmptyInitrd(PathBuf),
+    #[error("--cmdline: {0}")]
+    Cmdline(String),
+    #[error("--memory: {0}")]
+    DoesNotFit(#[source] DirectBootError),
+}
+
+impl DirectKernel {
+    /// Checks the files and the command line and places everything in
+    /// `ram_size` bytes of RAM.
+    pub fn check(&self, ram_size: u64) -> Result<CheckedKernel, KernelError> {
+        direct_boot::check_cmdline(&self.cmdline).map_err(KernelError::Cmdline)?;
+        let open_kernel = |source| KernelError::OpenKernel {
+            path: self.kernel.clone(),
+            source,
+        };
+        let mut file = File::open(&self.kernel).map_err(open_kernel)?;
+        let kernel_len = regular_file_len(&file).map_err(open_kernel)?;
+        let mut header = Vec::with_capacity(direct_boot::IMAGE_HEADER_SIZE);
+        (&mut file)
+            .take(direct_boot::IMAGE_HEADER_SIZE as u64)
+            .read_to_end(&mut header)
+            .map_err(open_kernel)?;
+        let header = ImageHeader::parse(&header).map_err(|source| KernelError::BadImage {
+            path: self.kernel.clone(),
+            source,
+        })?;
+        let initrd_len = match &self.initrd {
+            None => None,
+            Some(path) => Some(initrd_len(path)?),
+        };
+        let plan = direct_boot::plan(ram_size, header, kernel_len, initrd_len)
+            .map_err(KernelError::DoesNotFit)?;
+        Ok(CheckedKernel {
+            spec: self.clone(),
+            plan,
+        })
+    }
+}
+
+fn initrd_len(path: &Path) -> Result<u64, KernelError> {
+    let open = |source| KernelError::OpenInitrd {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = File::open(path).map_err(open)?;
+    match regular_file_len(&file).map_err(open)? {
+        0 => Err(KernelError::EmptyInitrd(path.to_path_buf())),
+        len => Ok(len),
+    }
+}
+
+/// The length of a regular file; a directory or device is an error.
+fn regular_file_len(file: &File) -> std::io::Result<u64> {
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(meta.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::format_error_chain;
+
+    /// A file with an arm64 Image header (text_offset 0, image_size
+    /// `image_size`), `len` bytes long.
+    fn fake_image(path: &Path, image_size: u64, len: usize) {
+        let mut bytes = vec![0u8; len.max(64)];
+        bytes[0x10..0x18].copy_from_slice(&image_size.to_le_bytes());
+        bytes[0x38..0x3c].copy_from_slice(b"ARMd");
+        std::fs::write(path, bytes).unwrap();
+    }
+
+    fn spec(dir: &Path) -> DirectKernel {
+        DirectKernel {
+            kernel: dir.join("Image"),
+            initrd: Some(dir.join("initrd")),
+            cmdline: DEFAULT_CMDLINE.into(),
+        }
+    }
+
+    #[test]
+    fn a_good_kernel_and_initrd_are_placed() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_image(&dir.path().join("Image"), 8 << 20, 1 << 20);
+        std::fs::write(dir.path().join("initrd"), vec![1u8; 5000]).unwrap();
+        let checked = spec(dir.path()).check(256 << 20).unwrap();
+        let (start, len) = checked.plan.initrd.unwrap();
+        assert_eq!(len, 5000);
+        assert!(start >= checked.plan.kernel_end);
+        assert!(start + len <= checked.plan.fdt);
+    }
+
+    #[test]
+    fn each_bad_input_names_its_option_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let message = |s: &DirectKernel, ram| format_error_chain(&s.check(ram).unwrap_err());
+
+        let missing = message(&spec(dir.path()), 256 << 20);
+        assert!(
+            missing.starts_with("--kernel ") && missing.contains("Image"),
+            "{missing}"
+        );
+
+        std::fs::write(dir.path().join("Image"), vec![0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
+        let short = message(&spec(dir.path()), 256 << 20);
+        assert!(short.contains("shorter"), "{short}");
+
+        std::fs::write(dir.path().join("Image"), vec![0x1f; 4096]).unwrap();
+        let gzip = message(&spec(dir.path()), 256 << 20);
+        assert!(gzip.contains("not an arm64 Linux Image"), "{gzip}");
+
+        fake_image(&dir.path().join("Image"), 8 << 20, 4096);
+        let no_initrd = message(&spec(dir.path()), 256 << 20);
+        assert!(no_initrd.starts_with("--initrd "), "{no_initrd}");
+
+        std::fs::write(dir.path().join("initrd"), b"").unwrap();
+        let empty = message(&spec(dir.path()), 256 << 20);
+        assert!(empty.contains("empty"), "{empty}");
+
+        std::fs::write(dir.path().join("initrd"), vec![1u8; 4096]).unwrap();
+        fake_image(&dir.path().join("Image"), 300 << 20, 4096);
+        let too_big = message(&spec(dir.path()), 256 << 20);
+        assert!(
+            too_big.starts_with("--memory: ") && too_big.contains("256 MiB"),
+            "{too_big}"
+        );
+
+        let mut bad_cmdline = spec(dir.path());
+        bad_cmdline.cmdline = "a\0b".into();
+        assert!(message(&bad_cmdline, 256 << 20).starts_with("--cmdline: "));
+
+        let mut directory = spec(dir.path());
+        directory.kernel = dir.path().to_path_buf();
+        assert!(message(&directory, 256 << 20).contains("not a regular file"));
+    }
+
+    #[test]
+    fn no_initrd_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        fake_image(&dir.path().join("Image"), 8 << 20, 4096);
+        let mut s = spec(dir.path());
+        s.initrd = None;
+        assert_eq!(s.check(128 << 20).unwrap().plan.initrd, None);
+    }
+}
