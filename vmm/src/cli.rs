@@ -111,7 +111,7 @@ pub struct RunArgs {
 
     /// Boot this Linux kernel directly, without firmware: an uncompressed arm64
     /// `Image` (a gzip-compressed vmlinuz must be unpacked first). There is no
-    /// flash and no variable store then; --firmware and --vars do not apply.
+    /// flash and no variable store then, and --firmware and --vars are refused with it.
     #[arg(long, value_name = "IMAGE", conflicts_with_all = ["vars", "firmware"])]
     pub kernel: Option<PathBuf>,
 
