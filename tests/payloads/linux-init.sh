@@ -4,7 +4,8 @@
 # loads the virtio-mmio and SCSI drivers, finds hangar's two disks, checks the
 # read-only one and writes a pattern through the writable one; then, if the
 # data disk's first sector asks for it (`hangar-plan: efivars-under-io`),
-# writes EFI variables while other processes keep the data disk busy. It
+# writes EFI variables while other processes keep the data disk busy, or
+# (`hangar-plan: reboot-once`) reboots once before it goes on. It
 # prints `LINUX-GUEST:` lines for the scenario, then powers off (PSCI
 # SYSTEM_OFF).
 /bin/busybox --install -s /bin
@@ -112,5 +113,21 @@ else
 fi
 plan=$(dd if=/dev/$data bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
 [ "$plan" = "hangar-plan: efivars-under-io" ] && efivars_under_io
+# reboot-once: the first boot leaves a mark in the data disk's second sector
+# and reboots (PSCI SYSTEM_RESET: hangar boots again in place); the second
+# finds the mark and goes on to power off.
+if [ "$plan" = "hangar-plan: reboot-once" ]; then
+    mark=$(dd if=/dev/$data bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | head -n 1)
+    if [ "$mark" = "hangar-rebooted" ]; then
+        say "second boot"
+    else
+        printf 'hangar-rebooted\n' | dd of=/dev/$data bs=512 seek=1 conv=fsync 2>/dev/null \
+            || say "FAILED: cannot mark the data disk"
+        say "rebooting"
+        sync
+        reboot -f
+        sleep 10
+    fi
+fi
 say "powering off"
 bye

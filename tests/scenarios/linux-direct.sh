@@ -4,13 +4,18 @@
 # linux-disk, places them and the device tree in RAM and starts the boot vCPU
 # at the kernel with the tree's address in x0. The guest (tests/payloads/
 # linux-init.sh) must come up on 2 vCPUs, find both virtio-scsi disks, see the
-# boot disk read-only, write a pattern through the data disk and power off
-# (exit 0); the pattern must then be in the data disk's file. No flash, no
-# variable store, no UEFI shell on the way.
+# boot disk read-only, write a pattern through the data disk, reboot once
+# (hangar loads the files again in place) and then power off (exit 0); the
+# pattern must then be in the data disk's file. No flash, no variable store,
+# no UEFI shell on the way.
 . /scenarios/lib.sh
 need_kvm
 out=/tmp/console.out
 dd if=/dev/zero of=/tmp/data.raw bs=1M count=16 2>/dev/null || fail "cannot make /tmp/data.raw"
+# The guest reboots once (hangar loads kernel and initramfs again in place),
+# then powers off.
+printf 'hangar-plan: reboot-once\n' | dd of=/tmp/data.raw conv=notrunc 2>/dev/null \
+    || fail "cannot write the plan"
 t0=$(now_ms)
 step start-hangar
 start_hangar "$out" -v run --cpus 2 --memory 512M \
@@ -20,6 +25,8 @@ start_hangar "$out" -v run --cpus 2 --memory 512M \
 step kernel-up
 wait_for "LINUX-GUEST: up" "$out" 400 || fail "no sign of the Linux guest; console: $(console_tail $out)"
 value to_linux_ms $(( $(now_ms) - t0 ))
+step reboot
+wait_for "LINUX-GUEST: second boot" "$out" 400 || fail "no second boot; console: $(console_tail $out)"
 step guest-done
 wait_for "LINUX-GUEST: powering off" "$out" 300 || fail "guest did not finish; console: $(console_tail $out)"
 step power-off
@@ -27,7 +34,8 @@ expect_clean_exit 120 "after the guest powered off" "$out"
 value exit_status "$HANGAR_STATUS"
 step check-guest
 linux_guest_report "$out"
-grep -q "direct boot: kernel at" "$clean" || fail "hangar did not log the direct boot's placement"
+value direct_boots "$(grep -c 'direct boot: kernel at' "$clean")"
+value guest_boots "$(grep -c 'LINUX-GUEST: up' "$clean")"
 value firmware_ran "$(grep -q 'HANGAR-NSH' "$clean" && echo yes || echo no)"
 value guest_cpus "$(guest 'up: ' | sed -n 's/.*, \([0-9]*\) cpus$/\1/p')"
 value guest_disks "$(guest 'disks: ')"

@@ -82,6 +82,9 @@ fn linux_boots_directly_without_firmware_and_uses_its_disks() {
         &[
             ("exit_status", "0"),
             ("firmware_ran", "no"),
+            // The guest rebooted once: hangar loaded the kernel again.
+            ("guest_boots", "2"),
+            ("direct_boots", "2"),
             ("guest_cpus", "2"),
             ("guest_disks", "sda sdb"),
             ("guest_boot_ro", "1"),
