@@ -36,18 +36,7 @@ step check-guest
 linux_guest_report "$out"
 value direct_boots "$(grep -c 'direct boot: kernel at' "$clean")"
 value guest_boots "$(grep -c 'LINUX-GUEST: up' "$clean")"
-value firmware_ran "$(grep -q 'HANGAR-NSH' "$clean" && echo yes || echo no)"
-value guest_cpus "$(guest 'up: ' | sed -n 's/.*, \([0-9]*\) cpus$/\1/p')"
-value guest_disks "$(guest 'disks: ')"
-value guest_boot_ro "$(guest 'boot ro=' | cut -d' ' -f1)"
-value guest_data_ro "$(guest 'boot ro=' | sed -n 's/.*data ro=//p')"
-value readonly_write "$(guest 'boot write ')"
-grep -q "LINUX-GUEST: data write-readback ok" "$clean" || fail "no write-readback on the data disk"
-step check-data-file
-yes hangar-linux-pattern | head -c 8192 > /tmp/pattern
-dd if=/tmp/data.raw bs=4096 skip=256 count=2 2>/dev/null > /tmp/on-disk
-cmp -s /tmp/pattern /tmp/on-disk || fail "the guest's write is not in /tmp/data.raw"
-value data_in_file yes
+linux_disk_checks
 step bad-kernel
 # A file that is not an Image: a one-line error naming it, status 1, no VM.
 hangar run --kernel /disks/linux-initrd.cpio > /tmp/bad.out 2>&1

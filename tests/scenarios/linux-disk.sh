@@ -25,18 +25,5 @@ expect_clean_exit 120 "after the guest powered off" "$out"
 value exit_status "$HANGAR_STATUS"
 step check-guest
 linux_guest_report "$out"
-value guest_cpus "$(guest 'up: ' | sed -n 's/.*, \([0-9]*\) cpus$/\1/p')"
-value guest_disks "$(guest 'disks: ')"
-value guest_boot_ro "$(guest 'boot ro=' | cut -d' ' -f1)"
-value guest_data_ro "$(guest 'boot ro=' | sed -n 's/.*data ro=//p')"
-value guest_data_sectors "$(guest 'data sectors=')"
-value guest_data_queues "$(guest 'data queues=')"
-grep -q "LINUX-GUEST: boot label ok" "$clean" || fail "the boot disk's first sector read wrong"
-value readonly_write "$(guest 'boot write ')"
-grep -q "LINUX-GUEST: data write-readback ok" "$clean" || fail "no write-readback on the data disk"
-step check-data-file
-yes hangar-linux-pattern | head -c 8192 > /tmp/pattern
-dd if=/tmp/data.raw bs=4096 skip=256 count=2 2>/dev/null > /tmp/on-disk
-cmp -s /tmp/pattern /tmp/on-disk || fail "the guest's write is not in /tmp/data.raw"
-value data_in_file yes
+linux_disk_checks
 pass

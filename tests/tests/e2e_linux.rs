@@ -81,7 +81,6 @@ fn linux_boots_directly_without_firmware_and_uses_its_disks() {
         &verdict,
         &[
             ("exit_status", "0"),
-            ("firmware_ran", "no"),
             // The guest rebooted once: hangar loaded the kernel again.
             ("guest_boots", "2"),
             ("direct_boots", "2"),
@@ -90,6 +89,8 @@ fn linux_boots_directly_without_firmware_and_uses_its_disks() {
             ("guest_boot_ro", "1"),
             ("guest_data_ro", "0"),
             ("readonly_write", "refused"),
+            ("guest_data_sectors", "32768"),
+            ("guest_data_queues", "2"),
             ("hangar_errors", "0"),
             ("data_in_file", "yes"),
             ("bad_kernel_status", "1"),

@@ -69,8 +69,12 @@ pub struct ResolvedFirmware {
 pub enum ConfigError {
     #[error("--memory {0:?}: expected a size like 512M or 2G")]
     BadSize(String),
-    #[error("--memory {given}: at least {min} MiB is needed (UEFI firmware needs room)")]
-    TooLittleMemory { given: String, min: u64 },
+    #[error("--memory {given}: at least {min} MiB is needed ({why})")]
+    TooLittleMemory {
+        given: String,
+        min: u64,
+        why: &'static str,
+    },
     #[error("--cpus {0}: must be between 1 and {max}", max = layout::MAX_VCPUS)]
     BadCpus(u32),
     #[error("--iothread-poll-max-us {0}: must be at most {max} (10 ms)", max = MAX_POLL_US)]
@@ -111,6 +115,11 @@ impl RunConfig {
             return Err(ConfigError::TooLittleMemory {
                 given: memory_text.to_string(),
                 min: layout::MIN_RAM_SIZE >> 20,
+                why: if self.kernel.is_some() {
+                    "a Linux guest needs room too"
+                } else {
+                    "UEFI firmware needs room"
+                },
             });
         }
         Ok(())

@@ -28,6 +28,19 @@ pub struct CheckedKernel {
     pub plan: BootPlan,
 }
 
+/// The files of a checked direct boot, open: the machine loads from these
+/// handles, so it loads the files it checked (a path replaced meanwhile does
+/// not matter; a file rewritten in place is caught by its length).
+#[derive(Debug)]
+pub struct OpenedKernel {
+    pub plan: BootPlan,
+    pub kernel: File,
+    /// The kernel file's length when it was checked.
+    pub kernel_len: u64,
+    /// The initramfs and its length when it was checked.
+    pub initrd: Option<(File, u64)>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     #[error("--kernel {path}")]
@@ -52,14 +65,27 @@ pub enum KernelError {
     EmptyInitrd(PathBuf),
     #[error("--cmdline: {0}")]
     Cmdline(String),
-    #[error("--memory: {0}")]
-    DoesNotFit(#[source] DirectBootError),
+    #[error("--memory: with --kernel {kernel}")]
+    DoesNotFit {
+        kernel: PathBuf,
+        #[source]
+        source: DirectBootError,
+    },
 }
 
 impl DirectKernel {
     /// Checks the files and the command line and places everything in
     /// `ram_size` bytes of RAM.
     pub fn check(&self, ram_size: u64) -> Result<CheckedKernel, KernelError> {
+        let opened = self.open(ram_size)?;
+        Ok(CheckedKernel {
+            spec: self.clone(),
+            plan: opened.plan,
+        })
+    }
+
+    /// [`DirectKernel::check`], keeping the files open for loading.
+    pub fn open(&self, ram_size: u64) -> Result<OpenedKernel, KernelError> {
         direct_boot::check_cmdline(&self.cmdline).map_err(KernelError::Cmdline)?;
         let open_kernel = |source| KernelError::OpenKernel {
             path: self.kernel.clone(),
@@ -76,20 +102,30 @@ impl DirectKernel {
             path: self.kernel.clone(),
             source,
         })?;
-        let initrd_len = match &self.initrd {
+        let initrd = match &self.initrd {
             None => None,
-            Some(path) => Some(initrd_len(path)?),
+            Some(path) => Some(open_initrd(path)?),
         };
-        let plan = direct_boot::plan(ram_size, header, kernel_len, initrd_len)
-            .map_err(KernelError::DoesNotFit)?;
-        Ok(CheckedKernel {
-            spec: self.clone(),
+        let plan = direct_boot::plan(
+            ram_size,
+            header,
+            kernel_len,
+            initrd.as_ref().map(|(_, len)| *len),
+        )
+        .map_err(|source| KernelError::DoesNotFit {
+            kernel: self.kernel.clone(),
+            source,
+        })?;
+        Ok(OpenedKernel {
             plan,
+            kernel: file,
+            kernel_len,
+            initrd,
         })
     }
 }
 
-fn initrd_len(path: &Path) -> Result<u64, KernelError> {
+fn open_initrd(path: &Path) -> Result<(File, u64), KernelError> {
     let open = |source| KernelError::OpenInitrd {
         path: path.to_path_buf(),
         source,
@@ -97,7 +133,7 @@ fn initrd_len(path: &Path) -> Result<u64, KernelError> {
     let file = File::open(path).map_err(open)?;
     match regular_file_len(&file).map_err(open)? {
         0 => Err(KernelError::EmptyInitrd(path.to_path_buf())),
-        len => Ok(len),
+        len => Ok((file, len)),
     }
 }
 
@@ -158,27 +194,41 @@ mod tests {
             "{missing}"
         );
 
+        let kernel_named = |m: &str| {
+            m.starts_with(&format!(
+                "--kernel {}: ",
+                dir.path().join("Image").display()
+            ))
+        };
+        let initrd_named =
+            |m: &str| m.starts_with(&format!("--initrd {}", dir.path().join("initrd").display()));
+
         std::fs::write(dir.path().join("Image"), vec![0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
         let short = message(&spec(dir.path()), 256 << 20);
-        assert!(short.contains("shorter"), "{short}");
+        assert!(kernel_named(&short) && short.contains("shorter"), "{short}");
 
         std::fs::write(dir.path().join("Image"), vec![0x1f; 4096]).unwrap();
         let gzip = message(&spec(dir.path()), 256 << 20);
-        assert!(gzip.contains("not an arm64 Linux Image"), "{gzip}");
+        assert!(
+            kernel_named(&gzip) && gzip.contains("not an arm64 Linux Image"),
+            "{gzip}"
+        );
 
         fake_image(&dir.path().join("Image"), 8 << 20, 4096);
         let no_initrd = message(&spec(dir.path()), 256 << 20);
-        assert!(no_initrd.starts_with("--initrd "), "{no_initrd}");
+        assert!(initrd_named(&no_initrd), "{no_initrd}");
 
         std::fs::write(dir.path().join("initrd"), b"").unwrap();
         let empty = message(&spec(dir.path()), 256 << 20);
-        assert!(empty.contains("empty"), "{empty}");
+        assert!(initrd_named(&empty) && empty.contains("empty"), "{empty}");
 
         std::fs::write(dir.path().join("initrd"), vec![1u8; 4096]).unwrap();
         fake_image(&dir.path().join("Image"), 300 << 20, 4096);
         let too_big = message(&spec(dir.path()), 256 << 20);
         assert!(
-            too_big.starts_with("--memory: ") && too_big.contains("256 MiB"),
+            too_big.starts_with("--memory: with --kernel ")
+                && too_big.contains("Image")
+                && too_big.contains("256 MiB"),
             "{too_big}"
         );
 
@@ -188,7 +238,11 @@ mod tests {
 
         let mut directory = spec(dir.path());
         directory.kernel = dir.path().to_path_buf();
-        assert!(message(&directory, 256 << 20).contains("not a regular file"));
+        let not_a_file = message(&directory, 256 << 20);
+        assert!(
+            not_a_file.starts_with("--kernel ") && not_a_file.contains("not a regular file"),
+            "{not_a_file}"
+        );
     }
 
     #[test]

@@ -112,17 +112,19 @@ pub enum MachineError {
     Scsi(#[from] scsi::ScsiError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error("loading kernel {path}")]
+    #[error("--kernel {path}: loading it")]
     LoadKernel {
         path: std::path::PathBuf,
         #[source]
         source: linux_loader::loader::Error,
     },
-    #[error("loading initramfs {path}")]
+    #[error("--kernel {0}: the file changed while it was being loaded")]
+    KernelChanged(std::path::PathBuf),
+    #[error("--initrd {path}: loading it")]
     LoadInitrd {
         path: std::path::PathBuf,
         #[source]
-        source: std::io::Error,
+        source: vm_memory::GuestMemoryError,
     },
 }
 
@@ -586,8 +588,9 @@ impl Drop for Machine {
 }
 
 /// Loads a direct boot's kernel and initramfs into guest RAM and returns where
-/// everything went. The files are checked again first: they may have changed
-/// since the last boot (a rebuilt kernel picked up at the guest's reboot).
+/// everything went. The files are opened and checked again at every boot (a
+/// rebuilt kernel is picked up at the guest's reboot), and loaded from the
+/// handles that were checked.
 fn load_kernel(
     kernel: &CheckedKernel,
     mem: &GuestMemoryMmap,
@@ -595,33 +598,35 @@ fn load_kernel(
 ) -> Result<BootPlan, MachineError> {
     use linux_loader::loader::{pe::PE, KernelLoader};
 
-    let plan = kernel.spec.check(ram_size)?.plan;
+    let mut opened = kernel.spec.open(ram_size)?;
+    let plan = opened.plan;
     let path = &kernel.spec.kernel;
-    let load_error = |source| MachineError::LoadKernel {
-        path: path.clone(),
-        source,
-    };
-    let mut file = std::fs::File::open(path).map_err(|source| KernelError::OpenKernel {
+    let loaded = PE::load(
+        mem,
+        Some(GuestAddress(plan.kernel_base)),
+        &mut opened.kernel,
+        None,
+    )
+    .map_err(|source| MachineError::LoadKernel {
         path: path.clone(),
         source,
     })?;
-    let loaded =
-        PE::load(mem, Some(GuestAddress(plan.kernel_base)), &mut file, None).map_err(load_error)?;
-    if loaded.kernel_load.0 != plan.kernel_entry {
-        // Only a file changed between our check and the loader's read gets here.
-        return Err(load_error(linux_loader::loader::Error::Pe(
-            linux_loader::loader::pe::Error::InvalidImage,
-        )));
+    // The loader reads the whole file as long as it is by then: a file
+    // rewritten in place since the check could overrun its planned room.
+    if loaded.kernel_load.0 != plan.kernel_entry
+        || loaded.kernel_end != plan.kernel_entry + opened.kernel_len
+    {
+        return Err(MachineError::KernelChanged(path.clone()));
     }
-    if let (Some((start, len)), Some(initrd)) = (plan.initrd, &kernel.spec.initrd) {
-        let load_error = |source| MachineError::LoadInitrd {
-            path: initrd.clone(),
-            source,
-        };
-        let mut file = std::fs::File::open(initrd).map_err(load_error)?;
-        let len = usize::try_from(len).map_err(|e| load_error(std::io::Error::other(e)))?;
-        mem.read_exact_volatile_from(GuestAddress(start), &mut file, len)
-            .map_err(|e| load_error(std::io::Error::other(e)))?;
+    if let (Some((start, _)), Some((mut file, len)), Some(initrd)) =
+        (plan.initrd, opened.initrd.take(), &kernel.spec.initrd)
+    {
+        // Exactly the planned length; a file cut short since is an error.
+        mem.read_exact_volatile_from(GuestAddress(start), &mut file, len as usize)
+            .map_err(|source| MachineError::LoadInitrd {
+                path: initrd.clone(),
+                source,
+            })?;
     }
     log::info!(
         "direct boot: kernel at {:#x}..{:#x}, initramfs {:x?}, device tree at {:#x}",

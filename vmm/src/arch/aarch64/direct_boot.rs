@@ -122,16 +122,18 @@ pub fn plan(
     kernel_file_len: u64,
     initrd_len: Option<u64>,
 ) -> Result<BootPlan, DirectBootError> {
-    let ram_end = RAM_BASE.saturating_add(ram_size);
     let kernel_base = RAM_BASE;
     let kernel_entry = kernel_base + header.text_offset;
     let footprint = kernel_file_len.max(header.image_size);
-    let kernel_end = kernel_entry.saturating_add(footprint);
     let does_not_fit = || DirectBootError::DoesNotFit {
         kernel_mib: footprint.div_ceil(1 << 20),
         initrd_mib: initrd_len.unwrap_or(0).div_ceil(1 << 20),
         ram_mib: ram_size >> 20,
     };
+    let ram_end = RAM_BASE.checked_add(ram_size).ok_or_else(does_not_fit)?;
+    let kernel_end = kernel_entry
+        .checked_add(footprint)
+        .ok_or_else(does_not_fit)?;
     // The device tree's 2 MiB block is the last whole one of RAM.
     let fdt = (ram_end / BLOCK_2M)
         .checked_sub(1)
@@ -277,6 +279,69 @@ mod tests {
         assert!(err.to_string().contains("128 MiB"), "{err}");
         // The kernel alone too big for RAM.
         assert!(plan(128 << 20, header, 200 << 20, None).is_err());
+    }
+
+    #[test]
+    fn text_offset_moves_entry_and_end() {
+        let header = ImageHeader {
+            text_offset: 0x8_0000,
+            image_size: 10 << 20,
+        };
+        let p = plan(256 << 20, header, 4 << 20, None).unwrap();
+        assert_eq!(p.kernel_base, RAM_BASE);
+        assert_eq!(p.kernel_entry, RAM_BASE + 0x8_0000);
+        assert_eq!(p.kernel_end, RAM_BASE + 0x8_0000 + (10 << 20));
+    }
+
+    #[test]
+    fn the_edges_of_fitting_are_exact() {
+        let ram = 128u64 << 20;
+        let fdt = RAM_BASE + ram - BLOCK_2M;
+        // A kernel that ends right at the device tree's block fits; a byte
+        // more does not.
+        let kernel = |size| ImageHeader {
+            text_offset: 0,
+            image_size: size,
+        };
+        assert_eq!(
+            plan(ram, kernel(fdt - RAM_BASE), 4096, None).unwrap().fdt,
+            fdt
+        );
+        assert!(plan(ram, kernel(fdt - RAM_BASE + 1), 4096, None).is_err());
+        // An initramfs that fills the gap between kernel and tree exactly fits,
+        // one page more does not.
+        let k = kernel(64 << 20);
+        let gap = fdt - (RAM_BASE + (64 << 20));
+        let p = plan(ram, k, 4096, Some(gap)).unwrap();
+        assert_eq!(p.initrd, Some((RAM_BASE + (64 << 20), gap)));
+        assert!(plan(ram, k, 4096, Some(gap + PAGE)).is_err());
+    }
+
+    #[test]
+    fn ram_that_is_not_whole_2m_blocks_keeps_the_tree_inside() {
+        let header = ImageHeader {
+            text_offset: 0,
+            image_size: 8 << 20,
+        };
+        let ram = (200 << 20) + 12345;
+        let p = plan(ram, header, 4096, None).unwrap();
+        assert_eq!(p.fdt % BLOCK_2M, 0);
+        assert!(p.fdt + BLOCK_2M <= RAM_BASE + ram);
+        assert!(p.fdt + 2 * BLOCK_2M > RAM_BASE + ram);
+    }
+
+    #[test]
+    fn sizes_that_overflow_do_not_fit() {
+        let header = ImageHeader {
+            text_offset: 0,
+            image_size: 8 << 20,
+        };
+        assert!(plan(u64::MAX, header, 4096, None).is_err());
+        let huge = ImageHeader {
+            text_offset: 0,
+            image_size: u64::MAX - 10,
+        };
+        assert!(plan(256 << 20, huge, 4096, None).is_err());
     }
 
     #[test]
