@@ -5,8 +5,9 @@
 //! `Machine`; the KVM VM, its guest memory, the GIC and the vCPU threads live for
 //! one boot. A PSCI SYSTEM_RESET ends a boot and starts the next one in the same
 //! process (devices reset, flash back in read-array mode, device tree copied
-//! again; a direct kernel boot loads kernel and initramfs again); SYSTEM_OFF, the console's quit sequence, SIGTERM or SIGINT end the
-//! machine after in-flight writes completed and the variable store is flushed.
+//! again; a direct kernel boot loads kernel and initramfs again); SYSTEM_OFF,
+//! the console's quit sequence, SIGTERM or SIGINT end the machine after
+//! in-flight writes completed and the variable store (if any) is flushed.
 
 mod console;
 mod flash;
