@@ -36,6 +36,7 @@ use event_loop::{AioContext, BottomHalf, Timer};
 use io_uring::{opcode, types, IoUring};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use super::iowq_cap::{self, Membership, WorkerLimit};
 use super::threads::ThreadsEngine;
 use super::{advance, Completion, Engine, Request, Segments};
 use crate::iovec::MAX_SEGMENTS;
@@ -91,6 +92,8 @@ pub(crate) struct UringEngine {
     shared: Arc<Shared>,
     ctx: Arc<AioContext>,
     fallback: ThreadsEngine,
+    /// This disk's part in its context's io-wq worker limit (`iowq_cap`).
+    _iowq: Membership,
 }
 
 struct Shared {
@@ -295,11 +298,15 @@ impl UringEngine {
             Arc::new(move || ready_ring.upgrade().is_some_and(|r| Shared::ready(&r))),
         )
         .map_err(BlockError::EventLoop)?;
+        let memory_backed = file.is_memory_backed();
         let fallback = ThreadsEngine::new(Arc::clone(&ctx), file);
+        let limit: Arc<dyn WorkerLimit> = Arc::clone(&shared.ring) as Arc<dyn WorkerLimit>;
+        let iowq = iowq_cap::join(&ctx, Arc::downgrade(&limit), memory_backed, ENTRIES);
         Ok(UringEngine {
             shared,
             ctx,
             fallback,
+            _iowq: iowq,
         })
     }
 }
@@ -382,6 +389,15 @@ impl Drop for UringEngine {
         if let Err(e) = ring.ring.submitter().unregister_files() {
             log::warn!("block: io_uring: unregistering the image from its ring failed: {e}");
         }
+    }
+}
+
+impl WorkerLimit for Mutex<Ring> {
+    fn set_bounded_workers(&self, workers: u32) -> std::io::Result<()> {
+        let ring = self.lock().unwrap_or_else(|p| p.into_inner());
+        // The second entry, unbounded work, stays as it is (0: no change).
+        let mut limits = [workers, 0];
+        ring.ring.submitter().register_iowq_max_workers(&mut limits)
     }
 }
 
@@ -949,5 +965,75 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, &b)| b == (i / BS) as u8));
+    }
+
+    /// The calling thread's io-wq limits (bounded, unbounded), read through
+    /// `engine`'s ring (zeros change nothing).
+    fn own_iowq_limits(engine: &UringEngine) -> [u32; 2] {
+        let ring = engine.shared.ring.lock().unwrap();
+        let mut limits = [0, 0];
+        ring.ring
+            .submitter()
+            .register_iowq_max_workers(&mut limits)
+            .unwrap();
+        limits
+    }
+
+    #[test]
+    fn a_memory_backed_disk_caps_the_submitters_io_wq_until_a_disk_that_blocks_joins() {
+        let shm = tempfile::NamedTempFile::new_in("/dev/shm").unwrap();
+        std::fs::write(shm.path(), vec![7u8; COUNT * BS]).unwrap();
+        let ctx = AioContext::new().unwrap();
+        let shm_file = Arc::new(RawFile::open(shm.path(), &BlockOptions::default()).unwrap());
+        assert!(shm_file.is_memory_backed());
+        let tmpfs = Arc::new(UringEngine::new(Arc::clone(&ctx), shm_file).unwrap());
+        let cap = std::thread::available_parallelism().unwrap().get() as u32;
+        // SAFETY: sysconf only reads a system value.
+        let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) } as u32;
+        let default = ENTRIES.min(4 * online);
+        assert_ne!(cap, default);
+
+        // A fresh thread: its io-wq is made at its first submission, with
+        // the limit the ring carries; it then stays attached to the ring.
+        let (ask, asked) = std::sync::mpsc::channel::<()>();
+        let (tell, told) = std::sync::mpsc::channel::<[u32; 2]>();
+        let submitter = {
+            let (ctx, tmpfs) = (Arc::clone(&ctx), Arc::clone(&tmpfs));
+            std::thread::spawn(move || {
+                {
+                    let mut bufs = vec![vec![0u8; BS]; 4];
+                    let _lock = ctx.acquire();
+                    let good = read_all(&tmpfs, &mut bufs);
+                    ctx.poll_while(|| good.load(Ordering::Acquire) < 4);
+                }
+                while asked.recv().is_ok() {
+                    tell.send(own_iowq_limits(&tmpfs)).unwrap();
+                }
+            })
+        };
+        let limits = || {
+            ask.send(()).unwrap();
+            told.recv().unwrap()
+        };
+        assert_eq!(
+            limits()[0],
+            cap,
+            "all disks memory-backed: one worker per CPU"
+        );
+
+        // A second disk on the same context, on a file system that blocks:
+        // the cap goes for the thread's whole io-wq, through the first ring.
+        let img = tempfile::NamedTempFile::new_in("/var/tmp").unwrap();
+        std::fs::write(img.path(), vec![1u8; COUNT * BS]).unwrap();
+        let disk_file = Arc::new(RawFile::open(img.path(), &BlockOptions::default()).unwrap());
+        let blocks = !disk_file.is_memory_backed();
+        let disk = UringEngine::new(Arc::clone(&ctx), disk_file).unwrap();
+        assert_eq!(limits()[0], if blocks { default } else { cap });
+
+        // It goes again: the cap comes back.
+        drop(disk);
+        assert_eq!(limits()[0], cap);
+        drop(ask);
+        submitter.join().unwrap();
     }
 }

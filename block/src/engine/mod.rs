@@ -6,6 +6,7 @@
 //! completion callback runs on the backend's context with the context lock held.
 
 pub(crate) mod io_uring;
+mod iowq_cap;
 pub(crate) mod threads;
 
 use std::cell::Cell;
