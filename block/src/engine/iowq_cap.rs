@@ -4,11 +4,13 @@
 //! The kernel hands a read or write that cannot be done without blocking to
 //! io-wq, a pool of kernel workers that belongs to the submitting thread (not
 //! to the ring), by default up to four per CPU. On a memory-backed image
-//! (tmpfs) every request goes there (tmpfs has no non-blocking reads), and the
-//! work is a copy that keeps a CPU busy: more workers than CPUs buy nothing,
-//! and with idle workers about, nearly every submission wakes one on another
-//! CPU. Capping the pool at one worker per CPU cut the virtio-scsi bench's CPU
-//! per request by about a tenth (docs/virtio-scsi.md, tenth session).
+//! (tmpfs) every request goes there (tmpfs has no non-blocking reads, as of
+//! Linux 6.18), and the work is a copy that keeps a CPU busy: more workers
+//! than CPUs buy nothing, and with idle workers about, nearly every submission
+//! wakes one on another CPU. Capping the pool at one worker per CPU saved the
+//! virtio-scsi bench 7.5% of its CPU per request on average over eight
+//! alternations, at the edge of the noise (docs/virtio-scsi.md, tenth
+//! session).
 //!
 //! A disk that blocks (a real disk with `cache=writeback`, whose reads miss
 //! the page cache) needs its workers: with two, QD32 random reads would run at
@@ -43,6 +45,9 @@ struct ContextMembers {
     members: Vec<Member>,
 }
 
+/// Every context's io_uring disks. Global, keyed by a weak reference to the
+/// context: the event loop knows nothing of disks, and disks are opened and
+/// dropped from any thread. Lock order: this, then a ring's mutex.
 static CONTEXTS: Mutex<Vec<ContextMembers>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
