@@ -112,6 +112,18 @@ linux_guest_report() {
 # (after linux_guest_report).
 guest() { sed -n "s/^.*LINUX-GUEST: $1//p" "$clean" | head -n 1; }
 
+# linux_guest_powers_off OUT: waits for the guest's last words and hangar's
+# clean exit (value exit_status), then makes the report (linux_guest_report).
+linux_guest_powers_off() {
+    step guest-done
+    wait_for "LINUX-GUEST: powering off" "$1" 300 || fail "guest did not finish; console: $(console_tail $1)"
+    step power-off
+    expect_clean_exit 120 "after the guest powered off" "$1"
+    value exit_status "$HANGAR_STATUS"
+    step check-guest
+    linux_guest_report "$1"
+}
+
 # linux_disk_checks (after linux_guest_report): what the guest's /init saw of
 # its vCPUs and disks, as values, then its write through the data disk, in
 # the guest's words and in /tmp/data.raw.

@@ -27,13 +27,7 @@ wait_for "LINUX-GUEST: up" "$out" 400 || fail "no sign of the Linux guest; conso
 value to_linux_ms $(( $(now_ms) - t0 ))
 step reboot
 wait_for "LINUX-GUEST: second boot" "$out" 400 || fail "no second boot; console: $(console_tail $out)"
-step guest-done
-wait_for "LINUX-GUEST: powering off" "$out" 300 || fail "guest did not finish; console: $(console_tail $out)"
-step power-off
-expect_clean_exit 120 "after the guest powered off" "$out"
-value exit_status "$HANGAR_STATUS"
-step check-guest
-linux_guest_report "$out"
+linux_guest_powers_off "$out"
 value direct_boots "$(grep -c 'direct boot: kernel at' "$clean")"
 value guest_boots "$(grep -c 'LINUX-GUEST: up' "$clean")"
 linux_disk_checks

@@ -18,12 +18,6 @@ wait_for "starting Linux from the virtio-scsi disk" "$out" 300 \
 step kernel-up
 wait_for "LINUX-GUEST: up" "$out" 400 || fail "no sign of the Linux guest; console: $(console_tail $out)"
 value to_linux_ms $(( $(now_ms) - t0 ))
-step guest-done
-wait_for "LINUX-GUEST: powering off" "$out" 300 || fail "guest did not finish; console: $(console_tail $out)"
-step power-off
-expect_clean_exit 120 "after the guest powered off" "$out"
-value exit_status "$HANGAR_STATUS"
-step check-guest
-linux_guest_report "$out"
+linux_guest_powers_off "$out"
 linux_disk_checks
 pass
