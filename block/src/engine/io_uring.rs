@@ -23,6 +23,10 @@
 //! be gone. Those requests fail with the errno, later ones go to the fallback, and
 //! requests already in the kernel still complete.
 //!
+//! How many io-wq workers the submitting threads may keep is set per context,
+//! from all its io_uring disks (`iowq_cap`): one per CPU while every one is
+//! memory-backed, the kernel's default otherwise.
+//!
 //! Locking: `Ring` is behind a mutex that is never held while a completion callback
 //! runs (callbacks submit new requests). At most `ENTRIES` requests are in the ring;
 //! more wait in `backlog`, so the completion queue (twice as large) cannot overflow.
@@ -206,7 +210,8 @@ impl std::ops::DerefMut for Iovecs {
 unsafe impl Send for InFlight {}
 
 impl UringEngine {
-    /// Creates the ring and its eventfd and registers the completion handler on `ctx`.
+    /// Creates the ring and its eventfd, registers the completion handler on
+    /// `ctx`, and counts the disk in the context's io-wq worker limit.
     pub(crate) fn new(ctx: Arc<AioContext>, file: Arc<RawFile>) -> Result<UringEngine, BlockError> {
         let setup = |source| BlockError::EngineSetup {
             engine: "io_uring",
