@@ -21,11 +21,11 @@ pub struct DirectKernel {
     pub cmdline: String,
 }
 
-/// A direct kernel boot that passed every check, with its memory plan.
+/// A direct kernel boot that passed every check (the machine checks and
+/// places it again at every boot, through [`DirectKernel::open`]).
 #[derive(Debug, Clone)]
 pub struct CheckedKernel {
     pub spec: DirectKernel,
-    pub plan: BootPlan,
 }
 
 /// The files of a checked direct boot, open: the machine loads from these
@@ -77,11 +77,8 @@ impl DirectKernel {
     /// Checks the files and the command line and places everything in
     /// `ram_size` bytes of RAM.
     pub fn check(&self, ram_size: u64) -> Result<CheckedKernel, KernelError> {
-        let opened = self.open(ram_size)?;
-        Ok(CheckedKernel {
-            spec: self.clone(),
-            plan: opened.plan,
-        })
+        self.open(ram_size)?;
+        Ok(CheckedKernel { spec: self.clone() })
     }
 
     /// [`DirectKernel::check`], keeping the files open for loading.
@@ -176,11 +173,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fake_image(&dir.path().join("Image"), 8 << 20, 1 << 20);
         std::fs::write(dir.path().join("initrd"), vec![1u8; 5000]).unwrap();
-        let checked = spec(dir.path()).check(256 << 20).unwrap();
-        let (start, len) = checked.plan.initrd.unwrap();
+        let plan = spec(dir.path()).open(256 << 20).unwrap().plan;
+        let (start, len) = plan.initrd.unwrap();
         assert_eq!(len, 5000);
-        assert!(start >= checked.plan.kernel_end);
-        assert!(start + len <= checked.plan.fdt);
+        assert!(start >= plan.kernel_end);
+        assert!(start + len <= plan.fdt);
     }
 
     #[test]
@@ -251,6 +248,6 @@ mod tests {
         fake_image(&dir.path().join("Image"), 8 << 20, 4096);
         let mut s = spec(dir.path());
         s.initrd = None;
-        assert_eq!(s.check(128 << 20).unwrap().plan.initrd, None);
+        assert_eq!(s.open(128 << 20).unwrap().plan.initrd, None);
     }
 }
