@@ -82,6 +82,9 @@ fn linux_boots_directly_without_firmware_and_uses_its_disks() {
             // The guest rebooted once: hangar loaded the kernel again.
             ("guest_boots", "2"),
             ("direct_boots", "2"),
+            // Unpacked into memory, then booted like the plain Image.
+            ("packed_gzip_format", "gzip"),
+            ("packed_zboot_format", "EFI zboot (gzip)"),
             ("bad_kernel_status", "1"),
             // One line naming the option, the file and what is wrong.
             ("bad_kernel_named", "1"),

@@ -4,7 +4,8 @@
 //! disk whose `\\EFI\\BOOT\\BOOTAA64.EFI` is the test UEFI application, and
 //! one that boots the inner Linux guest (kernel, initramfs and the
 //! `startup.nsh` that starts the kernel's EFI stub); and that kernel and
-//! initramfs as plain files, for a direct kernel boot.
+//! initramfs as plain files, for a direct kernel boot, with the kernel also
+//! packed as distributions ship it (gzip, EFI zboot).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -53,16 +54,48 @@ pub fn build(work: &Path, kit: &GuestKit) -> Result<Vec<(String, PathBuf)>, Benc
     mmd(&efiapp, "::/EFI/BOOT")?;
     mcopy(&efiapp, &app, "::/EFI/BOOT/BOOTAA64.EFI")?;
     let linux = linux_boot_disk(work, kit, &payloads)?;
+    let (gzip, zboot) = packed_kernels(work, &kit.kernel)?;
     Ok(vec![
         ("linux.img".into(), linux),
         // The same kernel and initramfs as files, for `--kernel` (linux-direct).
         ("linux-Image".into(), kit.kernel.clone()),
+        ("linux-Image.gz".into(), gzip),
+        ("linux-zboot.efi".into(), zboot),
         ("linux-initrd.cpio".into(), work.join("linux-initrd.cpio")),
         ("efiapp.img".into(), efiapp),
         ("esp.img".into(), esp),
         ("data.img".into(), data),
         ("bootloop.img".into(), bootloop),
     ])
+}
+
+/// The kernel gzip-compressed (a `vmlinuz` as Ubuntu ships it) and wrapped as
+/// an EFI zboot image (as Fedora ships it): the zboot header's fields that a
+/// loader reads (Linux's `zboot-header.S`: "MZ", "zimg", the payload's offset
+/// and size, the compression's name) in front of the gzip data. The PE
+/// headers and the EFI decompressor that a real one also carries are left
+/// out: hangar does not run them.
+fn packed_kernels(work: &Path, kernel: &Path) -> Result<(PathBuf, PathBuf), BenchError> {
+    use flate2::{write::GzEncoder, Compression};
+    const PAYLOAD_AT: u32 = 0x1000;
+    let image = std::fs::read(kernel).map_err(BenchError::io(kernel))?;
+    let gz_path = work.join("linux-Image.gz");
+    let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
+    let gz = enc
+        .write_all(&image)
+        .and_then(|()| enc.finish())
+        .map_err(BenchError::io(&gz_path))?;
+    std::fs::write(&gz_path, &gz).map_err(BenchError::io(&gz_path))?;
+    let mut zboot = vec![0u8; PAYLOAD_AT as usize];
+    zboot[0..2].copy_from_slice(b"MZ");
+    zboot[4..8].copy_from_slice(b"zimg");
+    zboot[8..12].copy_from_slice(&PAYLOAD_AT.to_le_bytes());
+    zboot[12..16].copy_from_slice(&(gz.len() as u32).to_le_bytes());
+    zboot[24..28].copy_from_slice(b"gzip");
+    zboot.extend_from_slice(&gz);
+    let zboot_path = work.join("linux-zboot.efi");
+    std::fs::write(&zboot_path, zboot).map_err(BenchError::io(&zboot_path))?;
+    Ok((gz_path, zboot_path))
 }
 
 /// The linux-* scenarios' boot disk: the kernel (an EFI application through

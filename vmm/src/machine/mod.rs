@@ -33,7 +33,7 @@ use crate::arch::aarch64::direct_boot::BootPlan;
 use crate::arch::aarch64::{fdt, gic::Gic, layout, vcpu as arch_vcpu};
 use crate::bus::MmioBus;
 use crate::config::{BootSource, ResolvedFirmware, RunConfig};
-use crate::direct_kernel::{CheckedKernel, KernelError};
+use crate::direct_kernel::{CheckedKernel, KernelBytes, KernelError};
 use crate::vcpu::{install_kick_handler, VcpuHandle, VmEvent};
 use flash::BlockFlashStorage;
 use vm_slot::{FlashSlot, KvmIrqLine, VmSlot};
@@ -602,12 +602,11 @@ fn load_kernel(
     let mut opened = kernel.spec.open(ram_size)?;
     let plan = opened.plan;
     let path = &kernel.spec.kernel;
-    let loaded = PE::load(
-        mem,
-        Some(GuestAddress(plan.kernel_base)),
-        &mut opened.kernel,
-        None,
-    )
+    let base = Some(GuestAddress(plan.kernel_base));
+    let loaded = match &mut opened.kernel {
+        KernelBytes::File(file) => PE::load(mem, base, file, None),
+        KernelBytes::Memory(unpacked) => PE::load(mem, base, unpacked, None),
+    }
     .map_err(|source| MachineError::LoadKernel {
         path: path.clone(),
         source,
@@ -630,7 +629,8 @@ fn load_kernel(
             })?;
     }
     log::info!(
-        "direct boot: kernel at {:#x}..{:#x}, initramfs {:x?}, device tree at {:#x}",
+        "direct boot: kernel ({}) at {:#x}..{:#x}, initramfs {:x?}, device tree at {:#x}",
+        opened.format,
         plan.kernel_entry,
         plan.kernel_end,
         plan.initrd,

@@ -42,8 +42,8 @@ pub const CMDLINE_MAX: usize = 2048;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DirectBootError {
     #[error(
-        "not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 0x38); \
-         a compressed kernel (vmlinuz.gz, EFI zboot) must be unpacked first"
+        "not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 0x38), \
+         nor one packed with gzip or as an EFI zboot image"
     )]
     NotAnImage,
     #[error("the Image header is {0} bytes long, shorter than the {IMAGE_HEADER_SIZE} it must be")]
@@ -71,15 +71,19 @@ pub struct ImageHeader {
     pub image_size: u64,
 }
 
+/// Whether `bytes`, a file's start, carry an `Image`'s magic.
+pub fn has_image_magic(bytes: &[u8]) -> bool {
+    bytes.get(MAGIC_OFFSET..MAGIC_OFFSET + 4) == Some(IMAGE_MAGIC.to_le_bytes().as_slice())
+}
+
 impl ImageHeader {
     /// Reads the header from the first [`IMAGE_HEADER_SIZE`] bytes of the file.
     pub fn parse(bytes: &[u8]) -> Result<ImageHeader, DirectBootError> {
         if bytes.len() < IMAGE_HEADER_SIZE {
             return Err(DirectBootError::ShortHeader(bytes.len()));
         }
-        let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
         let u64_at = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap());
-        if u32_at(MAGIC_OFFSET) != IMAGE_MAGIC {
+        if !has_image_magic(bytes) {
             return Err(DirectBootError::NotAnImage);
         }
         let image_size = u64_at(IMAGE_SIZE_OFFSET);

@@ -1,14 +1,18 @@
 //! `hangar run --kernel Image [--initrd FILE] [--cmdline ARGS]`: a Linux kernel
 //! booted without firmware, checked before any VM exists (the files readable,
-//! the kernel an arm64 `Image`, everything fitting in the guest's RAM), so a
-//! mistake is a one-line error naming the file. Host-independent and unit-tested
-//! everywhere; the machine loads the files at every boot.
+//! the kernel an arm64 `Image`, plain or packed (`unpack`), everything
+//! fitting in the guest's RAM), so a mistake is a one-line error naming the
+//! file. Host-independent and unit-tested everywhere; the machine loads the
+//! files at every boot.
+
+mod unpack;
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::arch::aarch64::direct_boot::{self, BootPlan, DirectBootError, ImageHeader};
+pub use unpack::{KernelBytes, KernelFormat, UnpackError};
 
 /// The command line when `--cmdline` is not given: the console on the PL011.
 pub const DEFAULT_CMDLINE: &str = "console=ttyAMA0";
@@ -29,13 +33,16 @@ pub struct CheckedKernel {
 }
 
 /// The files of a checked direct boot, open: the machine loads from these
-/// handles, so it loads the files it checked (a path replaced meanwhile does
-/// not matter; a file rewritten in place is caught by its length).
+/// handles (or what was unpacked from them), so it loads the files it checked
+/// (a path replaced meanwhile does not matter; a file rewritten in place is
+/// caught by its length).
 #[derive(Debug)]
 pub struct OpenedKernel {
     pub plan: BootPlan,
-    pub kernel: File,
-    /// The kernel file's length when it was checked.
+    pub kernel: KernelBytes,
+    /// How the kernel file was packed.
+    pub format: KernelFormat,
+    /// The `Image`'s length when it was checked (unpacked).
     pub kernel_len: u64,
     /// The initramfs and its length when it was checked.
     pub initrd: Option<(File, u64)>,
@@ -50,8 +57,21 @@ pub enum KernelError {
         source: std::io::Error,
     },
     #[error("--kernel {path}")]
+    Unpack {
+        path: PathBuf,
+        #[source]
+        source: UnpackError,
+    },
+    #[error("--kernel {path}")]
     BadImage {
         path: PathBuf,
+        #[source]
+        source: DirectBootError,
+    },
+    #[error("--kernel {path}: the Image unpacked from {format}")]
+    BadUnpackedImage {
+        path: PathBuf,
+        format: KernelFormat,
         #[source]
         source: DirectBootError,
     },
@@ -88,16 +108,25 @@ impl DirectKernel {
             path: self.kernel.clone(),
             source,
         };
-        let mut file = File::open(&self.kernel).map_err(open_kernel)?;
-        let kernel_len = regular_file_len(&file).map_err(open_kernel)?;
-        let mut header = Vec::with_capacity(direct_boot::IMAGE_HEADER_SIZE);
-        (&mut file)
-            .take(direct_boot::IMAGE_HEADER_SIZE as u64)
-            .read_to_end(&mut header)
-            .map_err(open_kernel)?;
-        let header = ImageHeader::parse(&header).map_err(|source| KernelError::BadImage {
-            path: self.kernel.clone(),
-            source,
+        let file = File::open(&self.kernel).map_err(open_kernel)?;
+        let file_len = regular_file_len(&file).map_err(open_kernel)?;
+        let unpacked =
+            unpack::unpack(file, file_len, ram_size).map_err(|source| KernelError::Unpack {
+                path: self.kernel.clone(),
+                source,
+            })?;
+        let (format, kernel_len, mut kernel) = (unpacked.format, unpacked.len, unpacked.bytes);
+        let header = read_header(&mut kernel).map_err(open_kernel)?;
+        let header = ImageHeader::parse(&header).map_err(|source| match format {
+            KernelFormat::Image => KernelError::BadImage {
+                path: self.kernel.clone(),
+                source,
+            },
+            _ => KernelError::BadUnpackedImage {
+                path: self.kernel.clone(),
+                format,
+                source,
+            },
         })?;
         let initrd = match &self.initrd {
             None => None,
@@ -115,12 +144,31 @@ impl DirectKernel {
         })?;
         Ok(OpenedKernel {
             plan,
-            kernel: file,
+            kernel,
+            format,
             kernel_len,
             initrd,
         })
     }
 }
+
+/// The first [`direct_boot::IMAGE_HEADER_SIZE`] bytes (fewer if the kernel is
+/// shorter), leaving the position at the start for the loader.
+fn read_header(kernel: &mut KernelBytes) -> std::io::Result<Vec<u8>> {
+    let reader: &mut dyn ReadSeek = match kernel {
+        KernelBytes::File(f) => f,
+        KernelBytes::Memory(c) => c,
+    };
+    let mut header = Vec::with_capacity(direct_boot::IMAGE_HEADER_SIZE);
+    reader
+        .take(direct_boot::IMAGE_HEADER_SIZE as u64)
+        .read_to_end(&mut header)?;
+    reader.seek(SeekFrom::Start(0))?;
+    Ok(header)
+}
+
+trait ReadSeek: Read + Seek {}
+impl<T: Read + Seek> ReadSeek for T {}
 
 fn open_initrd(path: &Path) -> Result<(File, u64), KernelError> {
     let open = |source| KernelError::OpenInitrd {
@@ -200,9 +248,31 @@ mod tests {
         let initrd_named =
             |m: &str| m.starts_with(&format!("--initrd {}", dir.path().join("initrd").display()));
 
-        std::fs::write(dir.path().join("Image"), vec![0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
+        std::fs::write(dir.path().join("Image"), vec![b'M', b'Z', 8, 0, 0, 0]).unwrap();
         let short = message(&spec(dir.path()), 256 << 20);
         assert!(kernel_named(&short) && short.contains("shorter"), "{short}");
+
+        std::fs::write(dir.path().join("Image"), vec![0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
+        let cut = message(&spec(dir.path()), 256 << 20);
+        assert!(
+            kernel_named(&cut) && cut.contains("the gzip data is corrupt: "),
+            "{cut}"
+        );
+
+        std::fs::write(dir.path().join("Image"), gzip(&[0x1f; 4096])).unwrap();
+        let packed_junk = message(&spec(dir.path()), 256 << 20);
+        assert!(
+            kernel_named(&packed_junk)
+                && packed_junk.contains("the Image unpacked from gzip: not an arm64 Linux Image"),
+            "{packed_junk}"
+        );
+
+        std::fs::write(dir.path().join("Image"), gzip(&vec![0; 3 << 20])).unwrap();
+        let bomb = message(&spec(dir.path()), 2 << 20);
+        assert!(
+            kernel_named(&bomb) && bomb.contains("more than the guest's 2 MiB of RAM"),
+            "{bomb}"
+        );
 
         std::fs::write(dir.path().join("Image"), vec![0x1f; 4096]).unwrap();
         let gzip = message(&spec(dir.path()), 256 << 20);
@@ -240,6 +310,35 @@ mod tests {
             not_a_file.starts_with("--kernel ") && not_a_file.contains("not a regular file"),
             "{not_a_file}"
         );
+    }
+
+    #[test]
+    fn a_gzip_kernel_is_placed_by_its_unpacked_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("Image");
+        fake_image(&image, 8 << 20, 1 << 20);
+        let plain = std::fs::read(&image).unwrap();
+        let plain_plan = spec(dir.path());
+        std::fs::write(dir.path().join("initrd"), vec![1u8; 5000]).unwrap();
+        let expected = plain_plan.open(256 << 20).unwrap().plan;
+        std::fs::write(&image, gzip(&plain)).unwrap();
+        let mut opened = spec(dir.path()).open(256 << 20).unwrap();
+        assert_eq!(opened.format, KernelFormat::Gzip);
+        assert_eq!(opened.kernel_len, plain.len() as u64);
+        assert_eq!(opened.plan, expected);
+        let KernelBytes::Memory(unpacked) = &mut opened.kernel else {
+            panic!("a gzip kernel is loaded from memory");
+        };
+        // The loader reads from the start.
+        assert_eq!(unpacked.position(), 0);
+        assert_eq!(unpacked.get_ref(), &plain);
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        enc.write_all(data).unwrap();
+        enc.finish().unwrap()
     }
 
     #[test]
