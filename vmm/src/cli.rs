@@ -109,9 +109,10 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 32, value_name = "MICROSECONDS")]
     pub iothread_poll_max_us: u32,
 
-    /// Boot this Linux kernel directly, without firmware: an uncompressed arm64
-    /// `Image` (a gzip-compressed vmlinuz must be unpacked first). There is no
-    /// flash and no variable store then, and --firmware and --vars are refused with it.
+    /// Boot this Linux kernel directly, without firmware: an arm64 `Image`, plain,
+    /// gzip-compressed (a vmlinuz) or as an EFI zboot image with a gzip payload.
+    /// There is no flash and no variable store then, and --firmware and --vars are
+    /// refused with it.
     #[arg(long, value_name = "IMAGE", conflicts_with_all = ["vars", "firmware"])]
     pub kernel: Option<PathBuf>,
 
