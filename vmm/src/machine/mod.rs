@@ -89,6 +89,8 @@ pub enum MachineError {
     Fdt(#[from] fdt::FdtError),
     #[error("writing the device tree to guest memory")]
     WriteFdt(#[source] vm_memory::GuestMemoryError),
+    #[error("reading /dev/urandom for the kernel's seeds")]
+    Seeds(#[source] std::io::Error),
     #[error("starting the iothread")]
     IoThread(#[source] event_loop::Error),
     #[error("reading firmware")]
@@ -453,6 +455,10 @@ impl Machine {
             flash: self.flash.is_some(),
             bootargs: self.kernel.as_ref().map(|k| k.spec.cmdline.clone()),
             initrd: plan.and_then(|plan| plan.initrd),
+            seeds: match &self.kernel {
+                Some(_) => Some(boot_seeds()?),
+                None => None,
+            },
         })?;
         mem.write_slice(&blob, GuestAddress(entry.x0))
             .map_err(MachineError::WriteFdt)?;
@@ -586,6 +592,20 @@ impl Drop for Machine {
             iothread.stop();
         }
     }
+}
+
+/// A direct boot's `/chosen` seeds, fresh from the host kernel's random pool.
+fn boot_seeds() -> Result<fdt::BootSeeds, MachineError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 8 + fdt::RNG_SEED_LEN];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut urandom| urandom.read_exact(&mut bytes))
+        .map_err(MachineError::Seeds)?;
+    let (kaslr, rng) = bytes.split_at(8);
+    Ok(fdt::BootSeeds {
+        kaslr: u64::from_le_bytes(kaslr.try_into().expect("8 bytes")),
+        rng: rng.try_into().expect("RNG_SEED_LEN bytes"),
+    })
 }
 
 /// Loads a direct boot's kernel and initramfs into guest RAM and returns where

@@ -30,6 +30,22 @@ pub struct FdtConfig {
     pub bootargs: Option<String>,
     /// Start and length of the initramfs in guest memory (a direct kernel boot's).
     pub initrd: Option<(u64, u64)>,
+    /// Randomness for a kernel booted without firmware (a direct boot's).
+    pub seeds: Option<BootSeeds>,
+}
+
+/// The bytes of `/chosen/rng-seed`: what Linux mixes into its entropy pool
+/// before any driver runs (and then erases from the tree).
+pub const RNG_SEED_LEN: usize = 64;
+
+/// What a kernel booted without firmware cannot get from `EFI_RNG_PROTOCOL`:
+/// `/chosen/kaslr-seed`, which arm64 Linux uses to randomise where its image
+/// runs (on CPUs without the RNDR instruction the only source it has), and
+/// `/chosen/rng-seed`, early entropy. Fresh at every boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSeeds {
+    pub kaslr: u64,
+    pub rng: [u8; RNG_SEED_LEN],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +100,10 @@ fn chosen(fdt: &mut FdtWriter, cfg: &FdtConfig) -> Result<(), FdtError> {
     if let Some((start, len)) = cfg.initrd {
         fdt.property_u64("linux,initrd-start", start)?;
         fdt.property_u64("linux,initrd-end", start + len)?;
+    }
+    if let Some(seeds) = &cfg.seeds {
+        fdt.property_u64("kaslr-seed", seeds.kaslr)?;
+        fdt.property("rng-seed", &seeds.rng)?;
     }
     Ok(fdt.end_node(n)?)
 }
@@ -270,6 +290,7 @@ mod tests {
             flash: true,
             bootargs: None,
             initrd: None,
+            seeds: None,
         }
     }
 
@@ -305,6 +326,10 @@ mod tests {
             flash: false,
             bootargs: Some("console=ttyAMA0 rdinit=/init".into()),
             initrd: Some((0x5e00_0000, 0x28_0000)),
+            seeds: Some(BootSeeds {
+                kaslr: 0x0123_4567_89ab_cdef,
+                rng: [0xa5; RNG_SEED_LEN],
+            }),
             ..config()
         };
         let blob = build(&cfg).unwrap();
@@ -315,6 +340,8 @@ mod tests {
             "console=ttyAMA0 rdinit=/init",
             "linux,initrd-start",
             "linux,initrd-end",
+            "kaslr-seed",
+            "rng-seed",
         ] {
             assert!(text.contains(needle), "missing {needle}");
         }
@@ -322,5 +349,18 @@ mod tests {
         let find = |v: u64| blob.windows(8).any(|w| w == v.to_be_bytes());
         assert!(find(0x5e00_0000), "initrd start");
         assert!(find(0x5e28_0000), "initrd end");
+        assert!(find(0x0123_4567_89ab_cdef), "kaslr-seed");
+        assert!(
+            blob.windows(RNG_SEED_LEN)
+                .any(|w| w == [0xa5; RNG_SEED_LEN]),
+            "rng-seed"
+        );
+    }
+
+    #[test]
+    fn a_firmware_boot_tree_has_no_seeds() {
+        // The firmware has EFI_RNG_PROTOCOL; seeds in its tree would go unused.
+        let text = String::from_utf8_lossy(&build(&config()).unwrap()).into_owned();
+        assert!(!text.contains("kaslr-seed") && !text.contains("rng-seed"));
     }
 }
