@@ -16,9 +16,6 @@ mount -t devtmpfs devtmpfs /dev
 say() { echo "LINUX-GUEST: $*"; }
 bye() { sync; poweroff -f; sleep 10; }
 say "up: kernel $(uname -r), $(grep -c ^processor /proc/cpuinfo) cpus"
-# Where the kernel runs (KASLR moves it at each boot when it has a seed) and
-# whether the CPU has its own random numbers (RNDR: cpuinfo's "rng").
-say "text at $(sed -n 's/ T _text$//p' /proc/kallsyms), cpu rng $(grep -c '^Features.* rng' /proc/cpuinfo)"
 for m in virtio_mmio scsi_common scsi_mod virtio_scsi crct10dif_common crc-t10dif \
     crc64 crc64-rocksoft t10-pi sd_mod; do
     insmod "/lib/modules/$m.ko" || { say "FAILED: insmod $m"; bye; }
