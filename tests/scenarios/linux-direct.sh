@@ -47,6 +47,7 @@ for packed in gzip:linux-Image.gz zboot:linux-zboot.efi; do
     wait_for "LINUX-GUEST: powering off" /tmp/packed.out 300 \
         || fail "no Linux guest from $file; console: $(console_tail /tmp/packed.out)"
     expect_clean_exit 120 "after the guest powered off" /tmp/packed.out
+    ! grep -a "LINUX-GUEST: FAILED" /tmp/packed.out || fail "the guest failed with $file"
     value "packed_${name}_format" "$(sed -n 's/.*direct boot: kernel (\(.*\)) at .*/\1/p' /tmp/packed.out | head -n 1)"
 done
 step bad-kernel

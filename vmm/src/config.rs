@@ -52,7 +52,7 @@ pub struct RunConfig {
 }
 
 /// What the boot vCPU starts: firmware from flash, or a kernel in RAM.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub enum BootSource {
     Firmware(ResolvedFirmware),
     Kernel(CheckedKernel),

@@ -10,6 +10,7 @@ mod unpack;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::arch::aarch64::direct_boot::{self, BootPlan, DirectBootError, ImageHeader};
 pub use unpack::{KernelBytes, KernelFormat, UnpackError};
@@ -25,11 +26,29 @@ pub struct DirectKernel {
     pub cmdline: String,
 }
 
-/// A direct kernel boot that passed every check (the machine checks and
-/// places it again at every boot, through [`DirectKernel::open`]).
-#[derive(Debug, Clone)]
+/// A direct kernel boot that passed every check.
+#[derive(Debug)]
 pub struct CheckedKernel {
     pub spec: DirectKernel,
+    /// What the check opened (and unpacked), kept for the first boot.
+    first: Mutex<Option<OpenedKernel>>,
+}
+
+impl CheckedKernel {
+    /// The files for a boot: for the first, those the check opened; for every
+    /// later one (a reboot in place), opened and checked again, so a rebuilt
+    /// kernel is picked up.
+    pub fn open_for_boot(&self, ram_size: u64) -> Result<OpenedKernel, KernelError> {
+        let first = self
+            .first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match first {
+            Some(opened) => Ok(opened),
+            None => self.spec.open(ram_size),
+        }
+    }
 }
 
 /// The files of a checked direct boot, open: the machine loads from these
@@ -68,6 +87,11 @@ pub enum KernelError {
         #[source]
         source: DirectBootError,
     },
+    #[error(
+        "--kernel {0}: not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 0x38), \
+         nor one packed with gzip or as an EFI zboot image"
+    )]
+    NotAKernel(PathBuf),
     #[error("--kernel {path}: the Image unpacked from {format}")]
     BadUnpackedImage {
         path: PathBuf,
@@ -97,8 +121,11 @@ impl DirectKernel {
     /// Checks the files and the command line and places everything in
     /// `ram_size` bytes of RAM.
     pub fn check(&self, ram_size: u64) -> Result<CheckedKernel, KernelError> {
-        self.open(ram_size)?;
-        Ok(CheckedKernel { spec: self.clone() })
+        let opened = self.open(ram_size)?;
+        Ok(CheckedKernel {
+            spec: self.clone(),
+            first: Mutex::new(Some(opened)),
+        })
     }
 
     /// [`DirectKernel::check`], keeping the files open for loading.
@@ -118,6 +145,9 @@ impl DirectKernel {
         let (format, kernel_len, mut kernel) = (unpacked.format, unpacked.len, unpacked.bytes);
         let header = read_header(&mut kernel).map_err(open_kernel)?;
         let header = ImageHeader::parse(&header).map_err(|source| match format {
+            KernelFormat::Image if source == DirectBootError::NotAnImage => {
+                KernelError::NotAKernel(self.kernel.clone())
+            }
             KernelFormat::Image => KernelError::BadImage {
                 path: self.kernel.clone(),
                 source,
@@ -155,20 +185,13 @@ impl DirectKernel {
 /// The first [`direct_boot::IMAGE_HEADER_SIZE`] bytes (fewer if the kernel is
 /// shorter), leaving the position at the start for the loader.
 fn read_header(kernel: &mut KernelBytes) -> std::io::Result<Vec<u8>> {
-    let reader: &mut dyn ReadSeek = match kernel {
-        KernelBytes::File(f) => f,
-        KernelBytes::Memory(c) => c,
-    };
     let mut header = Vec::with_capacity(direct_boot::IMAGE_HEADER_SIZE);
-    reader
+    kernel
         .take(direct_boot::IMAGE_HEADER_SIZE as u64)
         .read_to_end(&mut header)?;
-    reader.seek(SeekFrom::Start(0))?;
+    kernel.seek(SeekFrom::Start(0))?;
     Ok(header)
 }
-
-trait ReadSeek: Read + Seek {}
-impl<T: Read + Seek> ReadSeek for T {}
 
 fn open_initrd(path: &Path) -> Result<(File, u64), KernelError> {
     let open = |source| KernelError::OpenInitrd {
@@ -255,7 +278,7 @@ mod tests {
         std::fs::write(dir.path().join("Image"), vec![0x1f, 0x8b, 8, 0, 0, 0]).unwrap();
         let cut = message(&spec(dir.path()), 256 << 20);
         assert!(
-            kernel_named(&cut) && cut.contains("the gzip data is corrupt: "),
+            kernel_named(&cut) && cut.contains(": unpacking its gzip data: "),
             "{cut}"
         );
 
@@ -263,11 +286,16 @@ mod tests {
         let packed_junk = message(&spec(dir.path()), 256 << 20);
         assert!(
             kernel_named(&packed_junk)
-                && packed_junk.contains("the Image unpacked from gzip: not an arm64 Linux Image"),
+                && packed_junk.ends_with(
+                    "the Image unpacked from gzip: not an arm64 Linux Image \
+                     (no \"ARM\\x64\" magic at offset 0x38)"
+                ),
             "{packed_junk}"
         );
 
-        std::fs::write(dir.path().join("Image"), gzip(&vec![0; 3 << 20])).unwrap();
+        let mut old_kernel = vec![0u8; 3 << 20]; // image_size 0: capped by RAM only
+        old_kernel[0x38..0x3c].copy_from_slice(b"ARMd");
+        std::fs::write(dir.path().join("Image"), gzip(&old_kernel)).unwrap();
         let bomb = message(&spec(dir.path()), 2 << 20);
         assert!(
             kernel_named(&bomb) && bomb.contains("more than the guest's 2 MiB of RAM"),
@@ -275,10 +303,12 @@ mod tests {
         );
 
         std::fs::write(dir.path().join("Image"), vec![0x1f; 4096]).unwrap();
-        let gzip = message(&spec(dir.path()), 256 << 20);
+        let junk = message(&spec(dir.path()), 256 << 20);
         assert!(
-            kernel_named(&gzip) && gzip.contains("not an arm64 Linux Image"),
-            "{gzip}"
+            kernel_named(&junk)
+                && junk.contains("not an arm64 Linux Image")
+                && junk.ends_with("nor one packed with gzip or as an EFI zboot image"),
+            "{junk}"
         );
 
         fake_image(&dir.path().join("Image"), 8 << 20, 4096);

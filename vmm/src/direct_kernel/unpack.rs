@@ -4,15 +4,16 @@
 //! inside it (the layout of Linux's `drivers/firmware/efi/libstub/zboot-header.S`:
 //! "zimg" at offset 4, the payload's offset and size at 8 and 12, the
 //! compression's name at 24). A plain `Image` is loaded from its file; the
-//! others are unpacked into memory first, at most as much as the guest's RAM,
-//! so a corrupt or hostile file is an error and never a host-sized allocation.
+//! others are unpacked into memory first, never past the footprint their own
+//! `Image` header gives nor past the guest's RAM, so a corrupt or hostile file
+//! is an error, not an allocation the guest could not use.
 
 use std::fs::File;
 use std::io::{Cursor, Read, Seek, SeekFrom};
 
 use flate2::read::GzDecoder;
 
-use crate::arch::aarch64::direct_boot::has_image_magic;
+use crate::arch::aarch64::direct_boot::{has_image_magic, ImageHeader, IMAGE_HEADER_SIZE};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 const ZBOOT_TYPE: &[u8; 4] = b"zimg";
@@ -21,13 +22,33 @@ const ZBOOT_COMPRESSION: (usize, usize) = (24, 32);
 /// How much of the file [`unpack`] looks at to tell the formats apart.
 const SNIFF_LEN: usize = 0x40;
 
-/// Compressed formats recognised only to say what to do with them.
+/// Compressed formats recognised only to say what to do with them: magic,
+/// name, the command that unpacks them.
 const OTHER_COMPRESSIONS: &[(&[u8], &str, &str)] = &[
     (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "zstd -d"),
     (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz", "xz -d"),
     (&[0x04, 0x22, 0x4d, 0x18], "lz4", "lz4 -d"),
     (b"BZh", "bzip2", "bzip2 -d"),
+    (b"\x89LZO", "lzo", "lzop -d"),
+    (&[0x5d, 0, 0], "lzma", "unlzma"),
 ];
+
+/// The command that unpacks a zboot payload, by the compression's name in
+/// its header (Linux's `Makefile.zboot` writes `zstd22`, `xzkern`, ...).
+fn zboot_tool(name: &str) -> &'static str {
+    const BY_PREFIX: &[(&str, &str)] = &[
+        ("zstd", "zstd -d"),
+        ("xz", "xz -d"),
+        ("lzma", "unlzma"),
+        ("lzo", "lzop -d"),
+        ("lz4", "lz4 -d"),
+        ("bzip2", "bzip2 -d"),
+    ];
+    BY_PREFIX
+        .iter()
+        .find(|(prefix, _)| name.starts_with(prefix))
+        .map_or("the tool its name gives", |(_, tool)| tool)
+}
 
 /// How a kernel file was packed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,22 +90,32 @@ pub struct Unpacked {
 pub enum UnpackError {
     #[error(transparent)]
     Io(#[from] std::io::Error),
-    #[error("the {format} data is corrupt")]
-    Corrupt {
+    #[error("unpacking its {format} data")]
+    Unpacking {
         format: KernelFormat,
         #[source]
         source: std::io::Error,
     },
     #[error("unpacks to more than the guest's {limit_mib} MiB of RAM")]
     TooLarge { limit_mib: u64 },
+    #[error("unpacks to more than the {image_size} bytes its Image header says it takes")]
+    LongerThanHeader { image_size: u64 },
     #[error(
         "an EFI zboot image whose payload ({offset:#x}, {size} bytes) is not inside \
          the file ({len} bytes)"
     )]
     ZbootPayload { offset: u64, size: u64, len: u64 },
-    #[error("an EFI zboot image compressed with {0:?}; hangar unpacks gzip only")]
-    ZbootCompression(String),
-    #[error("{name}-compressed; hangar unpacks gzip only: unpack it first ({tool})")]
+    #[error(
+        "an EFI zboot image with a {name:?} payload; hangar unpacks gzip only, so take \
+         its {size} bytes at offset {offset} and unpack them with {tool}"
+    )]
+    ZbootCompression {
+        name: String,
+        offset: u64,
+        size: u64,
+        tool: &'static str,
+    },
+    #[error("{name}-compressed; hangar unpacks gzip only, so unpack it first with {tool}")]
     OtherCompression {
         name: &'static str,
         tool: &'static str,
@@ -97,21 +128,22 @@ pub fn unpack(mut file: File, len: u64, limit: u64) -> Result<Unpacked, UnpackEr
     let mut head = Vec::with_capacity(SNIFF_LEN);
     (&mut file).take(SNIFF_LEN as u64).read_to_end(&mut head)?;
     // An Image's first instruction could look like another format's magic.
-    let image = has_image_magic(&head);
-    if !image && head.starts_with(&GZIP_MAGIC) {
-        file.seek(SeekFrom::Start(0))?;
-        return gunzip(file.take(len), KernelFormat::Gzip, limit);
-    }
-    if !image && head.starts_with(b"MZ") && head.get(4..8) == Some(ZBOOT_TYPE) {
-        let (offset, size) = zboot_payload(&head, len)?;
-        file.seek(SeekFrom::Start(offset))?;
-        return gunzip(file.take(size), KernelFormat::ZbootGzip, limit);
-    }
-    if let Some((_, name, tool)) = OTHER_COMPRESSIONS
-        .iter()
-        .find(|(magic, _, _)| !image && head.starts_with(magic))
-    {
-        return Err(UnpackError::OtherCompression { name, tool });
+    if !has_image_magic(&head) {
+        if head.starts_with(&GZIP_MAGIC) {
+            file.seek(SeekFrom::Start(0))?;
+            return gunzip(file.take(len), KernelFormat::Gzip, limit);
+        }
+        if head.starts_with(b"MZ") && head.get(4..8) == Some(ZBOOT_TYPE) {
+            let (offset, size) = zboot_payload(&head, len)?;
+            file.seek(SeekFrom::Start(offset))?;
+            return gunzip(file.take(size), KernelFormat::ZbootGzip, limit);
+        }
+        if let Some((_, name, tool)) = OTHER_COMPRESSIONS
+            .iter()
+            .find(|(magic, _, _)| head.starts_with(magic))
+        {
+            return Err(UnpackError::OtherCompression { name, tool });
+        }
     }
     file.seek(SeekFrom::Start(0))?;
     Ok(Unpacked {
@@ -138,31 +170,81 @@ fn zboot_payload(head: &[u8], len: u64) -> Result<(u64, u64), UnpackError> {
     let name = &name[..name.len().min(max)];
     let name = name.split(|&b| b == 0).next().unwrap_or_default();
     if name != b"gzip" {
-        return Err(UnpackError::ZbootCompression(
-            String::from_utf8_lossy(name).into_owned(),
-        ));
+        let name = String::from_utf8_lossy(name).into_owned();
+        return Err(UnpackError::ZbootCompression {
+            tool: zboot_tool(&name),
+            name,
+            offset,
+            size,
+        });
     }
     Ok((offset, size))
 }
 
-/// Unpacks one gzip stream into at most `limit` bytes.
+/// Unpacks one gzip stream into at most `limit` bytes, and no further than the
+/// footprint its `Image` header gives (a real `Image` is never longer). What
+/// does not start with an `Image` header stops after the header's bytes: the
+/// caller's header check then refuses it, and nothing more is unpacked.
 fn gunzip(src: impl Read, format: KernelFormat, limit: u64) -> Result<Unpacked, UnpackError> {
+    let unpacking = |source| UnpackError::Unpacking { format, source };
+    let mut decoder = GzDecoder::new(src);
     let mut out = Vec::new();
-    GzDecoder::new(src)
-        .take(limit.saturating_add(1))
+    (&mut decoder)
+        .take(IMAGE_HEADER_SIZE as u64)
         .read_to_end(&mut out)
-        .map_err(|source| UnpackError::Corrupt { format, source })?;
-    let len = out.len() as u64;
-    if len > limit {
-        return Err(UnpackError::TooLarge {
-            limit_mib: limit >> 20,
+        .map_err(unpacking)?;
+    let image_size = match ImageHeader::parse(&out) {
+        Ok(header) => header.image_size,
+        Err(_) => return Ok(in_memory(format, out)),
+    };
+    let cap = match image_size {
+        0 => limit,
+        footprint => footprint.min(limit),
+    };
+    if image_size != 0 {
+        // Most of the footprint is the file (the rest is BSS): spare the doublings.
+        out.reserve(usize::try_from(cap.min(128 << 20)).unwrap_or(0));
+    }
+    (&mut decoder)
+        .take((cap + 1).saturating_sub(out.len() as u64))
+        .read_to_end(&mut out)
+        .map_err(unpacking)?;
+    if out.len() as u64 > cap {
+        return Err(if cap < limit {
+            UnpackError::LongerThanHeader { image_size }
+        } else {
+            UnpackError::TooLarge {
+                limit_mib: limit >> 20,
+            }
         });
     }
-    Ok(Unpacked {
+    Ok(in_memory(format, out))
+}
+
+fn in_memory(format: KernelFormat, bytes: Vec<u8>) -> Unpacked {
+    Unpacked {
         format,
-        bytes: KernelBytes::Memory(Cursor::new(out)),
-        len,
-    })
+        len: bytes.len() as u64,
+        bytes: KernelBytes::Memory(Cursor::new(bytes)),
+    }
+}
+
+impl Read for KernelBytes {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            KernelBytes::File(f) => f.read(buf),
+            KernelBytes::Memory(c) => c.read(buf),
+        }
+    }
+}
+
+impl Seek for KernelBytes {
+    fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
+        match self {
+            KernelBytes::File(f) => f.seek(pos),
+            KernelBytes::Memory(c) => c.seek(pos),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -207,15 +289,19 @@ mod tests {
         Ok((u.format, out))
     }
 
-    /// An Image-shaped blob (the magic at 0x38) whose first bytes look like
-    /// zstd's magic, as an instruction could.
-    fn kernel() -> Vec<u8> {
-        let mut k: Vec<u8> = (0..100_000u32)
-            .flat_map(|i| (i % 251).to_le_bytes())
-            .collect();
-        k[0..4].copy_from_slice(&[0x28, 0xb5, 0x2f, 0xfd]);
+    /// An `Image` (text_offset 0, `image_size` as given) of `len` bytes whose
+    /// first bytes are `start`, as its first instruction could be.
+    fn image(start: &[u8], image_size: u64, len: usize) -> Vec<u8> {
+        let mut k: Vec<u8> = (0..len as u32).map(|i| (i % 251) as u8).collect();
+        k[..start.len()].copy_from_slice(start);
+        k[0x08..0x10].fill(0);
+        k[0x10..0x18].copy_from_slice(&image_size.to_le_bytes());
         k[0x38..0x3c].copy_from_slice(b"ARM\x64");
         k
+    }
+
+    fn kernel() -> Vec<u8> {
+        image(b"MZ", 1 << 20, 400_000)
     }
 
     #[test]
@@ -233,43 +319,82 @@ mod tests {
     }
 
     #[test]
-    fn unpacking_stops_at_the_limit() {
-        let k = kernel();
-        let exact = k.len() as u64;
-        assert_eq!(run(&gzip(&k), exact).unwrap().1.len() as u64, exact);
-        let err = run(&gzip(&vec![0u8; 3 << 20]), 2 << 20).unwrap_err();
+    fn a_file_with_the_image_magic_is_an_image_whatever_it_starts_with() {
+        for start in [
+            &GZIP_MAGIC[..],
+            b"MZ\0\0zimg",
+            &[0x28, 0xb5, 0x2f, 0xfd],
+            &[0x5d, 0, 0],
+        ] {
+            let k = image(start, 1 << 20, 4096);
+            assert_eq!(run(&k, 1 << 30).unwrap(), (KernelFormat::Image, k));
+        }
+    }
+
+    #[test]
+    fn unpacking_stops_at_the_guest_ram_or_the_headers_footprint() {
+        // Exactly the limit is fine; a byte more is not.
+        let k = image(b"MZ", 0, 3 << 20);
+        assert_eq!(run(&gzip(&k), 3 << 20).unwrap().1, k);
+        let err = run(&gzip(&k), (3 << 20) - 1).unwrap_err();
         assert!(
             matches!(err, UnpackError::TooLarge { limit_mib: 2 }),
             "{err}"
         );
+        // A header that gives its footprint caps the unpacking below the RAM.
+        let k = image(b"MZ", 100_000, 100_001);
+        let err = run(&gzip(&k), 1 << 30).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                UnpackError::LongerThanHeader {
+                    image_size: 100_000
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(run(&gzip(&k[..100_000]), 1 << 30).unwrap().1, k[..100_000]);
+    }
+
+    #[test]
+    fn what_does_not_unpack_to_an_image_stops_after_its_first_bytes() {
+        // Gigabytes of zeros would compress to a few MiB; only the header's
+        // worth is unpacked before the Image check refuses it.
+        let (format, bytes) = run(&gzip(&vec![0u8; 8 << 20]), 1 << 30).unwrap();
+        assert_eq!(format, KernelFormat::Gzip);
+        assert_eq!(bytes.len(), IMAGE_HEADER_SIZE);
     }
 
     #[test]
     fn broken_or_foreign_packing_is_an_error_that_says_what() {
         let k = kernel();
-        let mut cut = gzip(&k);
-        cut.truncate(cut.len() / 2);
-        let err = run(&cut, 1 << 30).unwrap_err();
-        assert!(
+        let unpacking = |e: &UnpackError| {
             matches!(
-                err,
-                UnpackError::Corrupt {
+                e,
+                UnpackError::Unpacking {
                     format: KernelFormat::Gzip,
                     ..
                 }
-            ),
-            "{err}"
-        );
+            )
+        };
+        let mut cut = gzip(&k);
+        cut.truncate(cut.len() / 2);
+        let err = run(&cut, 1 << 30).unwrap_err();
+        assert!(unpacking(&err), "{err}");
 
         let mut flipped = gzip(&k);
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0xff;
-        assert!(run(&flipped, 1 << 30).is_err());
+        let err = run(&flipped, 1 << 30).unwrap_err();
+        assert!(unpacking(&err), "{err}");
 
-        let err = run(&zboot(&gzip(&k), "zstd"), 1 << 30).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "an EFI zboot image compressed with \"zstd\"; hangar unpacks gzip only"
+        let err = run(&zboot(&gzip(&k), "zstd22"), 1 << 30).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("an EFI zboot image with a \"zstd22\" payload")
+                && text.contains("at offset 512")
+                && text.ends_with("unpack them with zstd -d"),
+            "{text}"
         );
 
         let mut outside = zboot(&gzip(&k), "gzip");
@@ -284,8 +409,11 @@ mod tests {
 
         let mut zstd = vec![0x28, 0xb5, 0x2f, 0xfd];
         zstd.extend_from_slice(&[7u8; 1000]);
-        let err = run(&zstd, 1 << 30).unwrap_err();
-        assert!(err.to_string().contains("zstd-compressed") && err.to_string().contains("zstd -d"));
+        let err = run(&zstd, 1 << 30).unwrap_err().to_string();
+        assert!(
+            err.contains("zstd-compressed") && err.ends_with("with zstd -d"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -455,10 +455,7 @@ impl Machine {
             flash: self.flash.is_some(),
             bootargs: self.kernel.as_ref().map(|k| k.spec.cmdline.clone()),
             initrd: plan.and_then(|plan| plan.initrd),
-            seeds: match &self.kernel {
-                Some(_) => Some(boot_seeds()?),
-                None => None,
-            },
+            seeds: self.kernel.as_ref().map(|_| boot_seeds()).transpose()?,
         })?;
         mem.write_slice(&blob, GuestAddress(entry.x0))
             .map_err(MachineError::WriteFdt)?;
@@ -609,9 +606,10 @@ fn boot_seeds() -> Result<fdt::BootSeeds, MachineError> {
 }
 
 /// Loads a direct boot's kernel and initramfs into guest RAM and returns where
-/// everything went. The files are opened and checked again at every boot (a
-/// rebuilt kernel is picked up at the guest's reboot), and loaded from the
-/// handles that were checked.
+/// everything went. The first boot loads what the command line's check
+/// opened; every later one opens and checks the files again (a rebuilt kernel
+/// is picked up at the guest's reboot). Either way it loads from the handles
+/// that were checked.
 fn load_kernel(
     kernel: &CheckedKernel,
     mem: &GuestMemoryMmap,
@@ -619,7 +617,7 @@ fn load_kernel(
 ) -> Result<BootPlan, MachineError> {
     use linux_loader::loader::{pe::PE, KernelLoader};
 
-    let mut opened = kernel.spec.open(ram_size)?;
+    let mut opened = kernel.open_for_boot(ram_size)?;
     let plan = opened.plan;
     let path = &kernel.spec.kernel;
     let base = Some(GuestAddress(plan.kernel_base));

@@ -41,10 +41,7 @@ pub const CMDLINE_MAX: usize = 2048;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum DirectBootError {
-    #[error(
-        "not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 0x38), \
-         nor one packed with gzip or as an EFI zboot image"
-    )]
+    #[error("not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 0x38)")]
     NotAnImage,
     #[error("the Image header is {0} bytes long, shorter than the {IMAGE_HEADER_SIZE} it must be")]
     ShortHeader(usize),
