@@ -5,9 +5,9 @@
 # read-only one and writes a pattern through the writable one; then, if the
 # data disk's first sector asks for it (`hangar-plan: efivars-under-io`),
 # writes EFI variables while other processes keep the data disk busy, or
-# (`hangar-plan: reboot-once`) reboots once before it goes on. It
-# prints `LINUX-GUEST:` lines for the scenario, then powers off (PSCI
-# SYSTEM_OFF).
+# (`hangar-plan: reboot-when-told`) reboots once, when the host says so,
+# before it goes on. It prints `LINUX-GUEST:` lines for the scenario, then
+# powers off (PSCI SYSTEM_OFF).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -113,14 +113,26 @@ else
 fi
 plan=$(dd if=/dev/$data bs=512 count=1 2>/dev/null | tr -d '\000' | head -n 1)
 [ "$plan" = "hangar-plan: efivars-under-io" ] && efivars_under_io
-# reboot-once: the first boot leaves a mark in the data disk's second sector
-# and reboots (PSCI SYSTEM_RESET: hangar boots again in place); the second
-# finds the mark and goes on to power off.
-if [ "$plan" = "hangar-plan: reboot-once" ]; then
-    mark=$(dd if=/dev/$data bs=512 skip=1 count=1 2>/dev/null | tr -d '\000' | head -n 1)
-    if [ "$mark" = "hangar-rebooted" ]; then
+# reboot-when-told: the first boot waits until the host writes `hangar-go`
+# into the data disk's third sector (the scenario changes hangar's files
+# meanwhile), leaves a mark in the second and reboots (PSCI SYSTEM_RESET:
+# hangar boots again in place); the second finds the mark and goes on to
+# power off.
+sector() {
+    blockdev --flushbufs "/dev/$data" 2>/dev/null || echo 1 > /proc/sys/vm/drop_caches
+    dd if=/dev/$data bs=512 skip="$1" count=1 2>/dev/null | tr -d '\000' | head -n 1
+}
+if [ "$plan" = "hangar-plan: reboot-when-told" ]; then
+    if [ "$(sector 1)" = "hangar-rebooted" ]; then
         say "second boot"
     else
+        say "waiting to be told to reboot"
+        i=0
+        until [ "$(sector 2)" = "hangar-go" ]; do
+            i=$((i + 1))
+            [ $i -lt 600 ] || { say "FAILED: never told to reboot"; bye; }
+            sleep 0.2
+        done
         printf 'hangar-rebooted\n' | dd of=/dev/$data bs=512 seek=1 conv=fsync 2>/dev/null \
             || say "FAILED: cannot mark the data disk"
         say "rebooting"
