@@ -364,6 +364,24 @@ mod tests {
         assert_eq!(unpacked.get_ref(), &plain);
     }
 
+    #[test]
+    fn the_first_boot_loads_what_the_check_opened_and_later_ones_open_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("Image");
+        fake_image(&image, 8 << 20, 1 << 20);
+        std::fs::write(dir.path().join("initrd"), vec![1u8; 5000]).unwrap();
+        let checked = spec(dir.path()).check(256 << 20).unwrap();
+        // Replaced after the check: the first boot still has the checked file;
+        // a reboot finds the new one.
+        let plain = std::fs::read(&image).unwrap();
+        std::fs::write(&image, gzip(&plain)).unwrap();
+        let first = checked.open_for_boot(256 << 20).unwrap();
+        assert_eq!(first.format, KernelFormat::Image);
+        let again = checked.open_for_boot(256 << 20).unwrap();
+        assert_eq!(again.format, KernelFormat::Gzip);
+        assert_eq!(again.kernel_len, plain.len() as u64);
+    }
+
     fn gzip(data: &[u8]) -> Vec<u8> {
         use std::io::Write;
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
