@@ -374,7 +374,9 @@ mod tests {
         // Replaced after the check: the first boot still has the checked file;
         // a reboot finds the new one.
         let plain = std::fs::read(&image).unwrap();
-        std::fs::write(&image, gzip(&plain)).unwrap();
+        let new = dir.path().join("Image.new");
+        std::fs::write(&new, gzip(&plain)).unwrap();
+        std::fs::rename(&new, &image).unwrap();
         let first = checked.open_for_boot(256 << 20).unwrap();
         assert_eq!(first.format, KernelFormat::Image);
         let again = checked.open_for_boot(256 << 20).unwrap();
