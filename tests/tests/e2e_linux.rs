@@ -86,7 +86,7 @@ fn linux_boots_directly_without_firmware_and_uses_its_disks() {
             ("direct_boots", "2"),
             ("boot_formats", "gzip,Image"),
             // Unpacked into memory, then booted like the plain Image.
-            ("packed_zboot_format", "EFI zboot (gzip)"),
+            ("packed_zboot_format", "EFI zboot (zstd)"),
             ("bad_kernel_status", "1"),
             // One line naming the option, the file and what is wrong.
             ("bad_kernel_named", "1"),

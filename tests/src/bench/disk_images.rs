@@ -5,7 +5,7 @@
 //! one that boots the inner Linux guest (kernel, initramfs and the
 //! `startup.nsh` that starts the kernel's EFI stub); and that kernel and
 //! initramfs as plain files, for a direct kernel boot, with the kernel also
-//! packed as distributions ship it (gzip, EFI zboot).
+//! packed as distributions ship it (gzip, EFI zboot with zstd).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -70,11 +70,11 @@ pub fn build(work: &Path, kit: &GuestKit) -> Result<Vec<(String, PathBuf)>, Benc
 }
 
 /// The kernel gzip-compressed (a `vmlinuz` as Ubuntu ships it) and wrapped as
-/// an EFI zboot image (as Fedora ships it): the zboot header's fields that a
-/// loader reads (Linux's `zboot-header.S`: "MZ", "zimg", the payload's offset
-/// and size, the compression's name) in front of the gzip data. The PE
-/// headers and the EFI decompressor that a real one also carries are left
-/// out: hangar does not run them.
+/// an EFI zboot image with a zstd payload (as Fedora ships it): the zboot
+/// header's fields that a loader reads (Linux's `zboot-header.S`: "MZ",
+/// "zimg", the payload's offset and size, the compression's name) in front of
+/// the zstd frame. The PE headers and the EFI decompressor that a real one
+/// also carries are left out: hangar does not run them.
 fn packed_kernels(work: &Path, kernel: &Path) -> Result<(PathBuf, PathBuf), BenchError> {
     use flate2::{write::GzEncoder, Compression};
     const PAYLOAD_AT: u32 = 0x1000;
@@ -86,13 +86,17 @@ fn packed_kernels(work: &Path, kernel: &Path) -> Result<(PathBuf, PathBuf), Benc
         .and_then(|()| enc.finish())
         .map_err(BenchError::io(&gz_path))?;
     std::fs::write(&gz_path, &gz).map_err(BenchError::io(&gz_path))?;
+    let zst = ruzstd::encoding::compress_to_vec(
+        image.as_slice(),
+        ruzstd::encoding::CompressionLevel::Fastest,
+    );
     let mut zboot = vec![0u8; PAYLOAD_AT as usize];
     zboot[0..2].copy_from_slice(b"MZ");
     zboot[4..8].copy_from_slice(b"zimg");
     zboot[8..12].copy_from_slice(&PAYLOAD_AT.to_le_bytes());
-    zboot[12..16].copy_from_slice(&(gz.len() as u32).to_le_bytes());
-    zboot[24..28].copy_from_slice(b"gzip");
-    zboot.extend_from_slice(&gz);
+    zboot[12..16].copy_from_slice(&(zst.len() as u32).to_le_bytes());
+    zboot[24..30].copy_from_slice(b"zstd22");
+    zboot.extend_from_slice(&zst);
     let zboot_path = work.join("linux-zboot.efi");
     std::fs::write(&zboot_path, zboot).map_err(BenchError::io(&zboot_path))?;
     Ok((gz_path, zboot_path))

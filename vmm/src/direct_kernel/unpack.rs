@@ -9,13 +9,15 @@
 //! is an error, not an allocation the guest could not use.
 
 use std::fs::File;
-use std::io::{Cursor, Read, Seek, SeekFrom};
+use std::io::{Cursor, ErrorKind, Read, Seek, SeekFrom};
 
 use flate2::read::GzDecoder;
+use ruzstd::decoding::StreamingDecoder;
 
 use crate::arch::aarch64::direct_boot::{has_image_magic, ImageHeader, IMAGE_HEADER_SIZE};
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 const ZBOOT_TYPE: &[u8; 4] = b"zimg";
 /// Offset and length of the compression's NUL-terminated name in a zboot header.
 const ZBOOT_COMPRESSION: (usize, usize) = (24, 32);
@@ -25,7 +27,6 @@ const SNIFF_LEN: usize = 0x40;
 /// Compressed formats recognised only to say what to do with them: magic,
 /// name, the command that unpacks them.
 const OTHER_COMPRESSIONS: &[(&[u8], &str, &str)] = &[
-    (&[0x28, 0xb5, 0x2f, 0xfd], "zstd", "zstd -d"),
     (&[0xfd, b'7', b'z', b'X', b'Z', 0], "xz", "xz -d"),
     (&[0x04, 0x22, 0x4d, 0x18], "lz4", "lz4 -d"),
     (b"BZh", "bzip2", "bzip2 -d"),
@@ -34,10 +35,9 @@ const OTHER_COMPRESSIONS: &[(&[u8], &str, &str)] = &[
 ];
 
 /// The command that unpacks a zboot payload, by the compression's name in
-/// its header (Linux's `Makefile.zboot` writes `zstd22`, `xzkern`, ...).
+/// its header (Linux's `Makefile.zboot` writes `xzkern`, `lzma`, ...).
 fn zboot_tool(name: &str) -> &'static str {
     const BY_PREFIX: &[(&str, &str)] = &[
-        ("zstd", "zstd -d"),
         ("xz", "xz -d"),
         ("lzma", "unlzma"),
         ("lzo", "lzop -d"),
@@ -55,8 +55,11 @@ fn zboot_tool(name: &str) -> &'static str {
 pub enum KernelFormat {
     Image,
     Gzip,
+    Zstd,
     /// EFI zboot with a gzip payload.
     ZbootGzip,
+    /// EFI zboot with a zstd payload (`zstd22` in its header).
+    ZbootZstd,
 }
 
 impl std::fmt::Display for KernelFormat {
@@ -64,7 +67,9 @@ impl std::fmt::Display for KernelFormat {
         f.write_str(match self {
             KernelFormat::Image => "Image",
             KernelFormat::Gzip => "gzip",
+            KernelFormat::Zstd => "zstd",
             KernelFormat::ZbootGzip => "EFI zboot (gzip)",
+            KernelFormat::ZbootZstd => "EFI zboot (zstd)",
         })
     }
 }
@@ -106,8 +111,8 @@ pub enum UnpackError {
     )]
     ZbootPayload { offset: u64, size: u64, len: u64 },
     #[error(
-        "an EFI zboot image with a {name:?} payload; hangar unpacks gzip only, so take \
-         its {size} bytes at offset {offset} and unpack them with {tool}"
+        "an EFI zboot image with a {name:?} payload; hangar unpacks gzip and zstd only, \
+         so take its {size} bytes at offset {offset} and unpack them with {tool}"
     )]
     ZbootCompression {
         name: String,
@@ -115,7 +120,9 @@ pub enum UnpackError {
         size: u64,
         tool: &'static str,
     },
-    #[error("{name}-compressed; hangar unpacks gzip only, so unpack it first with {tool}")]
+    #[error(
+        "{name}-compressed; hangar unpacks gzip and zstd only, so unpack it first with {tool}"
+    )]
     OtherCompression {
         name: &'static str,
         tool: &'static str,
@@ -129,14 +136,18 @@ pub fn unpack(mut file: File, len: u64, limit: u64) -> Result<Unpacked, UnpackEr
     (&mut file).take(SNIFF_LEN as u64).read_to_end(&mut head)?;
     // An Image's first instruction could look like another format's magic.
     if !has_image_magic(&head) {
-        if head.starts_with(&GZIP_MAGIC) {
-            file.seek(SeekFrom::Start(0))?;
-            return gunzip(file.take(len), KernelFormat::Gzip, limit);
-        }
-        if head.starts_with(b"MZ") && head.get(4..8) == Some(ZBOOT_TYPE) {
-            let (offset, size) = zboot_payload(&head, len)?;
+        let packed = if head.starts_with(&GZIP_MAGIC) {
+            Some((KernelFormat::Gzip, 0, len))
+        } else if head.starts_with(&ZSTD_MAGIC) {
+            Some((KernelFormat::Zstd, 0, len))
+        } else if head.starts_with(b"MZ") && head.get(4..8) == Some(ZBOOT_TYPE) {
+            Some(zboot_payload(&head, len)?)
+        } else {
+            None
+        };
+        if let Some((format, offset, size)) = packed {
             file.seek(SeekFrom::Start(offset))?;
-            return gunzip(file.take(size), KernelFormat::ZbootGzip, limit);
+            return unpack_stream(file.take(size), format, limit);
         }
         if let Some((_, name, tool)) = OTHER_COMPRESSIONS
             .iter()
@@ -153,9 +164,9 @@ pub fn unpack(mut file: File, len: u64, limit: u64) -> Result<Unpacked, UnpackEr
     })
 }
 
-/// Where a zboot image's payload is, checked against the file's length and
-/// its compression.
-fn zboot_payload(head: &[u8], len: u64) -> Result<(u64, u64), UnpackError> {
+/// A zboot image's payload: how it is packed and where it is, checked against
+/// the file's length.
+fn zboot_payload(head: &[u8], len: u64) -> Result<(KernelFormat, u64, u64), UnpackError> {
     let word = |at: usize| {
         head.get(at..at + 4)
             .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
@@ -169,25 +180,42 @@ fn zboot_payload(head: &[u8], len: u64) -> Result<(u64, u64), UnpackError> {
     let name = head.get(at..).unwrap_or_default();
     let name = &name[..name.len().min(max)];
     let name = name.split(|&b| b == 0).next().unwrap_or_default();
-    if name != b"gzip" {
-        let name = String::from_utf8_lossy(name).into_owned();
-        return Err(UnpackError::ZbootCompression {
-            tool: zboot_tool(&name),
-            name,
-            offset,
-            size,
-        });
-    }
-    Ok((offset, size))
+    let format = match name {
+        b"gzip" => KernelFormat::ZbootGzip,
+        // Linux writes `zstd22` (its level); any zstd frame unpacks the same.
+        _ if name.starts_with(b"zstd") => KernelFormat::ZbootZstd,
+        _ => {
+            let name = String::from_utf8_lossy(name).into_owned();
+            return Err(UnpackError::ZbootCompression {
+                tool: zboot_tool(&name),
+                name,
+                offset,
+                size,
+            });
+        }
+    };
+    Ok((format, offset, size))
 }
 
-/// Unpacks one gzip stream into at most `limit` bytes, and no further than the
-/// footprint its `Image` header gives (a real `Image` is never longer). What
-/// does not start with an `Image` header stops after the header's bytes: the
-/// caller's header check then refuses it, and nothing more is unpacked.
-fn gunzip(src: impl Read, format: KernelFormat, limit: u64) -> Result<Unpacked, UnpackError> {
+/// Unpacks one gzip stream or zstd frame into at most `limit` bytes, and no
+/// further than the footprint its `Image` header gives (a real `Image` is
+/// never longer). What does not start with an `Image` header stops after the
+/// header's bytes: the caller's header check then refuses it, and nothing
+/// more is unpacked.
+fn unpack_stream(
+    src: impl Read,
+    format: KernelFormat,
+    limit: u64,
+) -> Result<Unpacked, UnpackError> {
     let unpacking = |source| UnpackError::Unpacking { format, source };
-    let mut decoder = GzDecoder::new(src);
+    let mut decoder: Box<dyn Read> = match format {
+        KernelFormat::Gzip | KernelFormat::ZbootGzip => Box::new(GzDecoder::new(src)),
+        KernelFormat::Zstd | KernelFormat::ZbootZstd => Box::new(
+            StreamingDecoder::new(src)
+                .map_err(|e| unpacking(std::io::Error::new(ErrorKind::InvalidData, e)))?,
+        ),
+        KernelFormat::Image => unreachable!("a plain Image is not unpacked"),
+    };
     let mut out = Vec::new();
     (&mut decoder)
         .take(IMAGE_HEADER_SIZE as u64)
@@ -260,6 +288,10 @@ mod tests {
         enc.finish().unwrap()
     }
 
+    fn zstd(data: &[u8]) -> Vec<u8> {
+        ruzstd::encoding::compress_to_vec(data, ruzstd::encoding::CompressionLevel::Fastest)
+    }
+
     /// A zboot image: the header, padding, then `payload`.
     fn zboot(payload: &[u8], compression: &str) -> Vec<u8> {
         let offset = 0x200u32;
@@ -314,7 +346,15 @@ mod tests {
         );
         assert_eq!(
             run(&zboot(&gzip(&k), "gzip"), 1 << 30).unwrap(),
-            (KernelFormat::ZbootGzip, k)
+            (KernelFormat::ZbootGzip, k.clone())
+        );
+        assert_eq!(
+            run(&zstd(&k), 1 << 30).unwrap(),
+            (KernelFormat::Zstd, k.clone())
+        );
+        assert_eq!(
+            run(&zboot(&zstd(&k), "zstd22"), 1 << 30).unwrap(),
+            (KernelFormat::ZbootZstd, k)
         );
     }
 
@@ -388,14 +428,33 @@ mod tests {
         let err = run(&flipped, 1 << 30).unwrap_err();
         assert!(unpacking(&err), "{err}");
 
-        let err = run(&zboot(&gzip(&k), "zstd22"), 1 << 30).unwrap_err();
+        let err = run(&zboot(&gzip(&k), "xzkern"), 1 << 30).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.starts_with("an EFI zboot image with a \"zstd22\" payload")
+            text.starts_with("an EFI zboot image with a \"xzkern\" payload")
                 && text.contains("at offset 512")
-                && text.ends_with("unpack them with zstd -d"),
+                && text.ends_with("unpack them with xz -d"),
             "{text}"
         );
+
+        // A zstd frame cut short, and one that is not zstd past its magic.
+        let zstd_error = |e: &UnpackError| {
+            matches!(
+                e,
+                UnpackError::Unpacking {
+                    format: KernelFormat::Zstd,
+                    ..
+                }
+            )
+        };
+        let mut cut = zstd(&k);
+        cut.truncate(cut.len() / 2);
+        let err = run(&cut, 1 << 30).unwrap_err();
+        assert!(zstd_error(&err), "{err}");
+        let mut junk = ZSTD_MAGIC.to_vec();
+        junk.extend_from_slice(&[0xff; 1000]);
+        let err = run(&junk, 1 << 30).unwrap_err();
+        assert!(zstd_error(&err), "{err}");
 
         let mut outside = zboot(&gzip(&k), "gzip");
         outside[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
@@ -407,11 +466,11 @@ mod tests {
             UnpackError::ZbootPayload { size: 0, .. }
         ));
 
-        let mut zstd = vec![0x28, 0xb5, 0x2f, 0xfd];
-        zstd.extend_from_slice(&[7u8; 1000]);
-        let err = run(&zstd, 1 << 30).unwrap_err().to_string();
+        let mut xz = vec![0xfd, b'7', b'z', b'X', b'Z', 0];
+        xz.extend_from_slice(&[7u8; 1000]);
+        let err = run(&xz, 1 << 30).unwrap_err().to_string();
         assert!(
-            err.contains("zstd-compressed") && err.ends_with("with zstd -d"),
+            err.contains("xz-compressed") && err.ends_with("with xz -d"),
             "{err}"
         );
     }
