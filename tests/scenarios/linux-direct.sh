@@ -10,7 +10,8 @@
 # kernel is gzip-compressed; while the guest runs, the scenario replaces the
 # file with the plain Image, and the reboot must load that one (hangar opens
 # the files again at each reboot). Then the same kernel as an EFI zboot image
-# (zstd payload, as Fedora's) boots once, and a file that is no kernel is refused with a one-line error.
+# (zstd payload, as Fedora's) boots once, and a file that is no kernel is
+# refused with a one-line error.
 . /scenarios/lib.sh
 need_kvm
 out=/tmp/console.out

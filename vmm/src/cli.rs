@@ -110,7 +110,7 @@ pub struct RunArgs {
     pub iothread_poll_max_us: u32,
 
     /// Boot this Linux kernel directly, without firmware: an arm64 `Image`, plain,
-    /// gzip-compressed (a vmlinuz) or as an EFI zboot image with a gzip payload.
+    /// gzip- or zstd-compressed (a vmlinuz) or as an EFI zboot image (gzip or zstd).
     /// There is no flash and no variable store then, and --firmware and --vars are
     /// refused with it.
     #[arg(long, value_name = "IMAGE", conflicts_with_all = ["vars", "firmware"])]

@@ -89,7 +89,7 @@ pub enum KernelError {
     },
     #[error(
         "--kernel {0}: not an arm64 Linux Image (no \"ARM\\x64\" magic at offset 0x38), \
-         nor one packed with gzip or as an EFI zboot image"
+         nor one packed with gzip or zstd or as an EFI zboot image"
     )]
     NotAKernel(PathBuf),
     #[error("--kernel {path}: the Image unpacked from {format}")]
@@ -307,7 +307,7 @@ mod tests {
         assert!(
             kernel_named(&junk)
                 && junk.contains("not an arm64 Linux Image")
-                && junk.ends_with("nor one packed with gzip or as an EFI zboot image"),
+                && junk.ends_with("nor one packed with gzip or zstd or as an EFI zboot image"),
             "{junk}"
         );
 
