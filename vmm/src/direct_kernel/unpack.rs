@@ -1,7 +1,7 @@
 //! Kernels as distributions ship them. `--kernel` takes a plain arm64 `Image`,
-//! a gzip-compressed one (`vmlinuz` on Ubuntu and others), or an EFI zboot
-//! image (Fedora's): a PE executable whose header names a compressed `Image`
-//! inside it (the layout of Linux's `drivers/firmware/efi/libstub/zboot-header.S`:
+//! a gzip- or zstd-compressed one (`vmlinuz` on Ubuntu and others), or an EFI
+//! zboot image (Fedora's): a PE executable whose header names a compressed
+//! `Image` inside it (the layout of Linux's `drivers/firmware/efi/libstub/zboot-header.S`:
 //! "zimg" at offset 4, the payload's offset and size at 8 and 12, the
 //! compression's name at 24). A plain `Image` is loaded from its file; the
 //! others are unpacked into memory first, never past the footprint their own
@@ -209,12 +209,12 @@ fn unpack_stream(
 ) -> Result<Unpacked, UnpackError> {
     let unpacking = |source| UnpackError::Unpacking { format, source };
     let mut decoder: Box<dyn Read> = match format {
-        KernelFormat::Gzip | KernelFormat::ZbootGzip => Box::new(GzDecoder::new(src)),
         KernelFormat::Zstd | KernelFormat::ZbootZstd => Box::new(
             StreamingDecoder::new(src)
                 .map_err(|e| unpacking(std::io::Error::new(ErrorKind::InvalidData, e)))?,
         ),
-        KernelFormat::Image => unreachable!("a plain Image is not unpacked"),
+        // gzip (`unpack` sends nothing else here).
+        _ => Box::new(GzDecoder::new(src)),
     };
     let mut out = Vec::new();
     (&mut decoder)
