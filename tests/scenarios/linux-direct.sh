@@ -15,6 +15,9 @@
 . /scenarios/lib.sh
 need_kvm
 out=/tmp/console.out
+# kernel_formats LOG: how each boot's kernel was packed, in order, from
+# hangar's "direct boot: kernel (FORMAT) at" lines, comma-separated.
+kernel_formats() { sed -n 's/.*direct boot: kernel (\(.*\)) at .*/\1/p' "$1" | paste -sd, -; }
 dd if=/dev/zero of=/tmp/data.raw bs=1M count=16 2>/dev/null || fail "cannot make /tmp/data.raw"
 # The guest reboots once when told (hangar loads kernel and initramfs again
 # in place), then powers off.
@@ -42,26 +45,22 @@ wait_for "LINUX-GUEST: second boot" "$out" 400 || fail "no second boot; console:
 linux_guest_powers_off "$out"
 value direct_boots "$(grep -c 'direct boot: kernel (' "$clean")"
 # What each boot loaded, in order: the gzip file, then the Image put in its place.
-value boot_formats "$(sed -n 's/.*direct boot: kernel (\(.*\)) at .*/\1/p' "$clean" | paste -sd, -)"
+value boot_formats "$(kernel_formats "$clean")"
 value guest_boots "$(grep -c 'LINUX-GUEST: up' "$clean")"
 linux_disk_checks
 # An EFI zboot kernel boots once on a blank data disk (no plan: the guest
 # checks its disks and powers off); hangar's log names how it unpacked it.
-for packed in zboot:linux-zboot.efi; do
-    name=${packed%%:*}
-    file=/disks/${packed#*:}
-    step "packed-$name"
-    dd if=/dev/zero of=/tmp/blank.raw bs=1M count=16 2>/dev/null || fail "cannot make /tmp/blank.raw"
-    start_hangar /tmp/packed.out -v run --memory 512M \
-        --kernel "$file" --initrd /disks/linux-initrd.cpio \
-        --cmdline "console=ttyAMA0 quiet panic=0 rdinit=/init" \
-        --disk path=/disks/linux.img,readonly=on --disk path=/tmp/blank.raw
-    wait_for "LINUX-GUEST: powering off" /tmp/packed.out 300 \
-        || fail "no Linux guest from $file; console: $(console_tail /tmp/packed.out)"
-    expect_clean_exit 120 "after the guest powered off" /tmp/packed.out
-    ! grep -a "LINUX-GUEST: FAILED" /tmp/packed.out || fail "the guest failed with $file"
-    value "packed_${name}_format" "$(sed -n 's/.*direct boot: kernel (\(.*\)) at .*/\1/p' /tmp/packed.out | head -n 1)"
-done
+step packed-zboot
+dd if=/dev/zero of=/tmp/blank.raw bs=1M count=16 2>/dev/null || fail "cannot make /tmp/blank.raw"
+start_hangar /tmp/zboot.out -v run --memory 512M \
+    --kernel /disks/linux-zboot.efi --initrd /disks/linux-initrd.cpio \
+    --cmdline "console=ttyAMA0 quiet panic=0 rdinit=/init" \
+    --disk path=/disks/linux.img,readonly=on --disk path=/tmp/blank.raw
+wait_for "LINUX-GUEST: powering off" /tmp/zboot.out 300 \
+    || fail "no Linux guest from the zboot kernel; console: $(console_tail /tmp/zboot.out)"
+expect_clean_exit 120 "after the guest powered off" /tmp/zboot.out
+! grep -a "LINUX-GUEST: FAILED" /tmp/zboot.out || fail "the guest failed with the zboot kernel"
+value packed_zboot_format "$(kernel_formats /tmp/zboot.out)"
 step bad-kernel
 # A file that is not an Image: a one-line error naming it, status 1, no VM.
 hangar run --kernel /disks/linux-initrd.cpio > /tmp/bad.out 2>&1

@@ -219,6 +219,7 @@ fn regular_file_len(file: &File) -> std::io::Result<u64> {
 
 #[cfg(test)]
 mod tests {
+    use super::unpack::tests::gzip;
     use super::*;
     use crate::cli::format_error_chain;
 
@@ -382,13 +383,6 @@ mod tests {
         let again = checked.open_for_boot(256 << 20).unwrap();
         assert_eq!(again.format, KernelFormat::Gzip);
         assert_eq!(again.kernel_len, plain.len() as u64);
-    }
-
-    fn gzip(data: &[u8]) -> Vec<u8> {
-        use std::io::Write;
-        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        enc.write_all(data).unwrap();
-        enc.finish().unwrap()
     }
 
     #[test]
